@@ -1,0 +1,49 @@
+"""asyncsess: an anyio-native (asyncio and trio) MonitoredSession for TensorFlow.
+
+General layout: the public names are re-exported here from private modules, each
+owning one thing (``_session`` the lifecycle and run(), ``_dispatch`` the hooks,
+``_runargs`` the merge rules, ``_worker`` the device thread, ``_creators`` session
+creation, ``_recovery`` retries); ``asyncsess.hooks`` holds the standard hooks.
+"""
+
+from __future__ import annotations
+
+from ._creators import ChiefSessionCreator as ChiefSessionCreator
+from ._creators import SessionCreator as SessionCreator
+from ._creators import WorkerSessionCreator as WorkerSessionCreator
+from ._hook import SessionRunHook as SessionRunHook
+from ._recovery import RecoveryPolicy as RecoveryPolicy
+from ._session import MonitoredSession as MonitoredSession
+from ._session import SingularMonitoredSession as SingularMonitoredSession
+from ._step import StepContext as StepContext
+from ._stop import StopReason as StopReason
+from ._tf import Scaffold as Scaffold
+from ._tf import SessionRunArgs as SessionRunArgs
+from ._tf import SessionRunContext as SessionRunContext
+from ._tf import SessionRunValues as SessionRunValues
+from ._version import __version__ as __version__
+from ._worker import run_in_session_thread as run_in_session_thread
+
+__all__ = (
+    "ChiefSessionCreator",
+    "MonitoredSession",
+    "RecoveryPolicy",
+    "Scaffold",
+    "SessionCreator",
+    "SessionRunArgs",
+    "SessionRunContext",
+    "SessionRunHook",
+    "SessionRunValues",
+    "SingularMonitoredSession",
+    "StepContext",
+    "StopReason",
+    "WorkerSessionCreator",
+    "run_in_session_thread",
+)
+
+# TensorFlow's own classes keep their module; ours read as public names.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("asyncsess."):
+        _obj.__module__ = __name__
+del _name, _obj

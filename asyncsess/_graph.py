@@ -1,0 +1,48 @@
+"""Run work inside the session's graph, whatever thread or task it runs on.
+
+TensorFlow's default graph is thread-local, and ``with graph.as_default():`` held
+across an ``await`` would leak into every other task of the event loop. So async
+hook code is driven one ``send()`` at a time with the graph entered around each
+send only: the loop thread's graph stack is the same before and after, and two
+sessions over two graphs can interleave in one loop
+(tests/test_session.py::TestGraph::test_two_graphs_interleaved).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine, Generator
+
+T = TypeVar("T")
+
+
+@types.coroutine
+def _drive(coro: Coroutine[Any, Any, T], graph: Any) -> Generator[Any, Any, T]:
+    send, throw = coro.send, coro.throw
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        with graph.as_default():
+            try:
+                yielded = send(value) if error is None else throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+        try:
+            value = yield yielded
+            error = None
+        except BaseException as exc:
+            value, error = None, exc
+
+
+def in_graph(awaitable: Awaitable[T], graph: Any) -> Awaitable[T]:
+    """Return an awaitable that runs *awaitable* with *graph* as the default graph.
+
+    Coroutines are driven step by step inside the graph; other awaitables (a
+    Future, say) are returned unchanged since they run no TensorFlow code here.
+    """
+    if isinstance(awaitable, types.CoroutineType):
+        return _drive(awaitable, graph)
+    return awaitable

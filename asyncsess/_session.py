@@ -1,0 +1,846 @@
+"""MonitoredSession and SingularMonitoredSession: lifecycle, run(), recovery, exit."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._backend import current_bridge
+from ._creators import ChiefSessionCreator, adapt_creator
+from ._dispatch import Dispatcher, call_sync
+from ._exceptions import explain_finalized, source_of
+from ._graph import in_graph
+from ._hook import describe, hook_name
+from ._recovery import RecoveryPolicy, is_preemption
+from ._runargs import merge
+from ._step import StepContext, check_step_fn, stop_requested_by
+from ._stop import RunContext, StopReason
+from ._tf import (
+    Coordinator,
+    OutOfRangeError,
+    RunMetadata,
+    RunOptions,
+    SessionRunArgs,
+    default_graph,
+    v1,
+)
+from ._worker import WorkerThread, current_worker
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+    from ._backend import Completion, LoopBridge
+
+logger = logging.getLogger("asyncsess")
+
+_QUEUE_RUNNERS = v1.GraphKeys.QUEUE_RUNNERS
+_END_OF_INPUT = (OutOfRangeError, StopIteration)
+
+
+class State(enum.Enum):
+    UNOPENED = 1  # constructed; nothing has been done yet
+    OPENING = 2  # open() is running the hooks' begin and creating the TF session
+    OPEN = 3  # a TF session is live (or being recreated after a preemption)
+    CLOSING = 4  # close() is running hooks' end and shutting down
+    CLOSED = 5  # everything released; close() again is a no-op
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """One device step's outputs, as the hooks' after_run need them."""
+
+    result: Any
+    outputs: Any
+    slots: tuple[int | None, ...]
+    options: Any
+    run_metadata: Any
+
+
+class MonitoredSession:
+    """Session-like object that handles initialization, recovery and hooks, async.
+
+    The anyio-native counterpart of `tf.compat.v1.train.MonitoredSession`::
+
+        async with asyncsess.MonitoredSession(session_creator=..., hooks=...) as sess:
+            while not sess.should_stop():
+                await sess.run(train_op)
+
+    Constructing it does no work. Opening it (``async with`` or `open`) awaits
+    every hook's ``begin``, finalizes the graph, creates the TF session through the
+    session creator (initialize or restore), starts the queue runners and awaits
+    every hook's ``after_create_session``. `run` awaits the hooks' ``before_run``
+    concurrently, runs the device step on the session's worker thread and awaits
+    their ``after_run``. `AbortedError`/`UnavailableError` recreate the TF session
+    and retry, under `recovery` (a `RecoveryPolicy`). Exiting the block ends the
+    hooks and closes everything, swallowing ``OutOfRangeError``/``StopIteration``.
+
+    The graph is the default graph when the object is constructed; every piece of
+    work uses it, whatever thread or task runs it. Two tasks calling `run` at once
+    are served one step at a time, first come first served.
+
+    Args:
+      session_creator: An `asyncsess.SessionCreator`, a TensorFlow
+        `tf.compat.v1.train.SessionCreator`, or None for `ChiefSessionCreator()`.
+      hooks: asyncsess and/or TensorFlow `SessionRunHook` instances.
+      stop_grace_period_secs: Seconds given to threads and pending work to stop
+        when the session closes.
+
+    Cancellation: see `run`, `open` and `close`. After a cancellation the session
+    is either still usable or closes cleanly on exit; no thread, task or TF
+    session is left behind.
+    """
+
+    _should_recover = True
+
+    def __init__(
+        self,
+        session_creator: Any = None,
+        hooks: Any = None,
+        *,
+        stop_grace_period_secs: float = 120,
+    ) -> None:
+        if not isinstance(stop_grace_period_secs, (int, float)) or (
+            stop_grace_period_secs < 0
+        ):
+            raise ValueError(
+                "stop_grace_period_secs must be a number >= 0; "
+                f"Received: stop_grace_period_secs={stop_grace_period_secs!r}"
+            )
+        self._graph = default_graph()
+        self._creator = adapt_creator(session_creator)
+        self._hooks = list(hooks or [])
+        self._dispatch = Dispatcher(self._hooks, self._graph)
+        self._grace = float(stop_grace_period_secs)
+        #: How preemption errors are retried; replace it before or while running.
+        self.recovery = RecoveryPolicy()
+        #: Seconds a cancelled step is given to finish before the TF session is
+        #: closed to interrupt it (tests/test_cancellation.py).
+        self.step_cancel_grace = 0.25
+        self._state = State.UNOPENED
+        self._bridge: LoopBridge | None = None
+        self._worker: WorkerThread | None = None
+        self._lock: anyio.Lock | None = None
+        self._tf_sess: Any = None
+        self._coord: Any = None
+        self._qr_threads: list[Any] = []
+        self._graph_was_finalized = False
+        self._stop: StopReason | None = None
+        self._recoveries = 0
+        self._in_a_row = 0
+        self._broken: str | None = None
+
+    # -- public properties ------------------------------------------------------
+
+    @property
+    def graph(self) -> Any:
+        """The graph this session runs (captured when the object was constructed)."""
+        return self._graph
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the session stopped (a `StopReason`), or None while it has not."""
+        return self._stop
+
+    @property
+    def recovery_count(self) -> int:
+        """How many times the TF session was recreated after a preemption."""
+        return self._recoveries
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc_type in _END_OF_INPUT:
+            assert exc is not None
+            self._note_end_of_input(exc)
+            await self._close(None)
+            return True
+        await self._close(exc)
+        return False
+
+    async def open(self) -> Self:
+        """Open the session: hooks' begin, finalize, create, init/restore, start.
+
+        For code that cannot use ``async with`` (a web app's lifespan, say); pair it
+        with `close`.
+
+        Raises:
+          RuntimeError: if the session was already opened.
+
+        Cancellation: always yields. Cancelling it (or a hook raising) closes what
+        was opened: the TF session, queue runners and the worker thread; the
+        graph is un-finalized again. A session being created on the worker thread
+        when cancelled is closed as soon as its creation ends.
+        """
+        if self._state is not State.UNOPENED:
+            raise RuntimeError(
+                f"{type(self).__name__}.open() was called on a session that is "
+                f"{self._state.name.lower()}; a session opens once."
+            )
+        self._state = State.OPENING
+        self._bridge = current_bridge()
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._graph_was_finalized = self._graph.finalized
+        self._worker = WorkerThread(self._graph, self._bridge)
+        token = current_worker.set(self._worker)
+        try:
+            await self._dispatch.call_in_order("begin", self._worker)
+            await self._create_session()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown(exc)
+            self._state = State.CLOSED
+            raise
+        finally:
+            current_worker.reset(token)
+        self._state = State.OPEN
+        return self
+
+    async def close(self) -> None:
+        """Close the session: hooks' end, stop queue runners, close the TF session.
+
+        Idempotent: closing again does nothing (TensorFlow ends the hooks twice
+        and raises). An exception a queue runner reported to the coordinator is
+        raised here, as in TensorFlow.
+
+        Cancellation: the hooks' ``end`` is cancelled with the caller; the
+        shutdown that follows is shielded and bounded by
+        ``stop_grace_period_secs``, so everything is released before the
+        cancellation propagates.
+        """
+        await self._close(None)
+
+    async def _close(self, exc: BaseException | None) -> None:
+        if self._state in (State.CLOSING, State.CLOSED):
+            return
+        if self._state is State.UNOPENED:
+            self._state = State.CLOSED
+            return
+        assert self._worker is not None
+        self._state = State.CLOSING
+        token = current_worker.set(self._worker)
+        try:
+            try:
+                if exc is None and self._tf_sess is not None:
+                    await self._dispatch.call_in_order(
+                        "end", self._worker, self._tf_sess
+                    )
+                elif exc is not None:
+                    await self._notify_error(exc)
+            except BaseException as error:
+                exc = error
+                await self._notify_error(error)
+                raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown(exc)
+        finally:
+            current_worker.reset(token)
+            self._state = State.CLOSED
+            if self._stop is None:
+                self._stop = StopReason("closed", "The session was closed.")
+
+    async def _notify_error(self, exc: BaseException) -> None:
+        """Call on_error(exc, session) on every hook defining it; log their errors."""
+        if self._stop is None:
+            kind = (
+                "cancelled"
+                if isinstance(exc, anyio.get_cancelled_exc_class())
+                else "error"
+            )
+            self._stop = StopReason(
+                kind, f"{type(exc).__name__}: {exc}", type(exc).__name__
+            )
+        entries = [e for e in self._dispatch.entries if "on_error" in e.phases]
+        if not entries:
+            return
+        assert self._worker is not None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._grace):
+            for entry in entries:
+                try:
+                    if entry.is_async:
+                        await in_graph(
+                            entry.hook.on_error(exc, self._tf_sess), self._graph
+                        )
+                    else:
+                        await self._worker.call(
+                            call_sync, entry, "on_error", exc, self._tf_sess
+                        )
+                except Exception:
+                    logger.exception("Hook %s raised in on_error()", entry.name)
+
+    async def _shutdown(self, exc: BaseException | None) -> None:
+        """Stop the coordinator and queue runners, close the TF session and thread."""
+        coord_error = await self._release_tf_session()
+        worker = self._worker
+        if worker is not None:
+            last = worker.submit(lambda: None)
+            worker.stop()
+            with anyio.move_on_after(self._grace):
+                assert self._bridge is not None
+                await self._bridge.wait(last)
+            if not worker.join(timeout=0.5):
+                logger.warning(
+                    "Worker thread %s is still busy inside TensorFlow after %.0fs; "
+                    "it is a daemon thread and exits when that call returns.",
+                    worker.name,
+                    self._grace,
+                )
+        if not self._graph_was_finalized:
+            self._graph._unsafe_unfinalize()
+        if coord_error is not None and coord_error is not exc:
+            raise coord_error
+
+    async def _release_tf_session(self) -> BaseException | None:
+        """Join the queue runners and close the TF session; return the coord's error."""
+        coord, sess, threads = self._coord, self._tf_sess, self._qr_threads
+        self._coord, self._tf_sess, self._qr_threads = None, None, []
+        error: BaseException | None = None
+        if coord is not None:
+            coord.request_stop()
+            done, error = await self._bounded(
+                _join_coordinator, coord, threads, self._grace
+            )
+        if sess is not None:
+            done, close_error = await self._bounded(sess.close)
+            if not done:
+                logger.warning(
+                    "Closing the TF session did not finish in %.0fs.", self._grace
+                )
+            elif close_error is not None:
+                logger.error(
+                    "An error occurred when attempting to close the session. This may "
+                    "be due to a preemption in a connected worker or parameter "
+                    "server. Error: %s",
+                    close_error,
+                )
+        return error
+
+    async def _bounded(self, fn: Any, *args: Any) -> tuple[bool, Any]:
+        """Run fn on the worker within the grace period: (finished, result)."""
+        worker, bridge = self._worker, self._bridge
+        assert worker is not None
+        assert bridge is not None
+        completion = worker.submit(fn, *args)
+        with anyio.move_on_after(self._grace):
+            await bridge.wait(completion)
+        if not completion.done:
+            worker.abandon(completion)
+            return False, None
+        return True, completion.value if completion.error is None else completion.error
+
+    # -- session creation and recovery ---------------------------------------------
+
+    async def _create_session(self) -> None:
+        """Create a TF session (retrying preemptions), start runners, notify hooks."""
+        worker = self._worker
+        assert worker is not None
+        while True:
+            try:
+                sess = await self._creator.create_session()
+                self._tf_sess = sess
+                self._coord = Coordinator(clean_stop_exception_types=[])
+                self._qr_threads = await worker.call(
+                    _start_queue_runners, sess, self._coord
+                )
+                await self._log_creation(sess)
+                await self._dispatch.call_in_order(
+                    "after_create_session", worker, sess, self._coord
+                )
+                return
+            except Exception as exc:
+                if not (self._should_recover and is_preemption(exc)):
+                    raise
+                await self._prepare_retry(exc, "creating the session")
+
+    async def _log_creation(self, sess: Any) -> None:
+        restored = getattr(self._creator, "restored_checkpoint", None)
+        step = await self._global_step(sess)
+        at = "" if step is None else f" at global step {step}"
+        if restored:
+            logger.info("Session created: restored from %s%s.", restored, at)
+        elif isinstance(self._creator, ChiefSessionCreator):
+            logger.info("Session created: no checkpoint to restore; initialized%s.", at)
+        else:
+            logger.info("Session created by %s%s.", describe(self._creator), at)
+
+    async def _global_step(self, sess: Any) -> int | None:
+        tensor = v1.train.get_global_step(self._graph)
+        if tensor is None:
+            return None
+        assert self._worker is not None
+        return int(await self._worker.call(sess.run, tensor))
+
+    async def _prepare_retry(self, exc: BaseException, during: str) -> None:
+        """Count a recovery, enforce the policy, back off and drop the old session."""
+        self._recoveries += 1
+        self._in_a_row += 1
+        policy = self.recovery
+        if not policy.allows(self._in_a_row):
+            logger.error(
+                "Giving up after %d recoveries in a row (limit %s) while %s: %s",
+                self._in_a_row - 1,
+                policy.max_recoveries,
+                during,
+                exc,
+            )
+            raise exc
+        logger.warning(
+            "Recovering from %s while %s (recovery %d, %d in a row); a new session "
+            "will be created. This may be due to a preemption of a worker or "
+            "parameter server. Error: %s",
+            type(exc).__name__,
+            during,
+            self._recoveries,
+            self._in_a_row,
+            exc,
+        )
+        await self._release_tf_session()
+        delay = policy.delay(self._in_a_row)
+        if delay:
+            await anyio.sleep(delay)
+
+    async def _recover(self, exc: BaseException, during: str) -> None:
+        try:
+            await self._prepare_retry(exc, during)
+            await self._create_session()
+        except BaseException as error:
+            self._broken = (
+                "The session could not be recreated after a preemption "
+                f"({type(error).__name__}: {error}); close it and open a new one."
+            )
+            raise
+
+    # -- stopping ------------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        """Whether the loop should stop: a stop was requested, or the session closed.
+
+        A plain method. True once a hook, the step function or `request_stop` asked
+        to stop, the coordinator stopped, or the session is not open. An error a
+        queue runner reported to the coordinator is raised here with its own type.
+        """
+        if self._state is not State.OPEN or self._stop is not None:
+            return True
+        coord = self._coord
+        if coord is None:
+            return False
+        _raise_coordinator_error(coord)
+        if coord.should_stop():
+            self._stop = StopReason("coordinator", "The coordinator was asked to stop.")
+            return True
+        return False
+
+    def request_stop(self) -> None:
+        """Stop the loop after the current step; any task or thread may call it."""
+        if self._stop is None:
+            self._stop = StopReason("user", "request_stop() was called.", "user")
+
+    def _note_end_of_input(self, exc: BaseException) -> None:
+        source = source_of(exc)
+        if source is not None:
+            logger.warning(
+                "%s raised by hook %s ended the session as end of input; if the hook "
+                "did not mean the input was exhausted, this stop is an error: %s",
+                type(exc).__name__,
+                source,
+                exc,
+            )
+        if self._stop is None or self._stop.kind in ("error", "coordinator"):
+            self._stop = StopReason(
+                "end_of_input", f"End of input ({type(exc).__name__}).", source
+            )
+
+    def _note_hook_stop(self, run_context: Any) -> None:
+        if self._stop is None:
+            who = run_context.stopped_by
+            name = who if isinstance(who, str) else hook_name(who)
+            self._stop = StopReason("hook", f"Hook {name} requested a stop.", name)
+
+    # -- running -------------------------------------------------------------------
+
+    def _check_can_run(self) -> None:
+        if self._broken is not None:
+            raise RuntimeError(self._broken)
+        if self._state is not State.OPEN:
+            raise RuntimeError(
+                f"run() called on a {self._state.name.lower()} session; open it with "
+                "'async with' or 'await sess.open()' first, and do not use it after "
+                "close."
+            )
+        assert self._bridge is not None
+        self._bridge.check_current()
+        stop = self._stop
+        if stop is not None and stop.kind in ("hook", "user", "step_fn"):
+            raise RuntimeError(
+                "Run called even after should_stop requested. "
+                f"({stop.detail} Check sess.should_stop() before each run().)"
+            )
+        if self._coord is not None:
+            _raise_coordinator_error(self._coord)
+
+    async def run(
+        self,
+        fetches: Any,
+        feed_dict: Any = None,
+        options: Any = None,
+        run_metadata: Any = None,
+    ) -> Any:
+        """Run ops in the monitored session, like `tf.compat.v1.Session.run`.
+
+        Awaits the hooks' ``before_run`` concurrently, merges their requests in
+        hook order, runs one device step on the worker thread, awaits their
+        ``after_run`` concurrently and returns the caller's results (same
+        structures as `tf.compat.v1.Session.run`). Preemption errors recreate the
+        TF session and retry.
+
+        Raises:
+          RuntimeError: the session is not open, or a stop was requested.
+
+        Cancellation: always yields. Cancelled during ``before_run``: no step runs
+        and the session stays usable. Cancelled during the device step: the step
+        is given `step_cancel_grace` seconds to finish (then the session stays
+        usable, but this step's ``after_run`` is not called); if it is blocked
+        inside TensorFlow longer, the TF session is closed to interrupt it, the
+        step's effects are unknown, and the session can only be closed.
+        Cancelled during ``after_run``: the step ran and the session stays usable.
+        """
+        self._check_can_run()
+        assert self._lock is not None
+        async with self._lock:
+            self._check_can_run()
+            return await self._run_recovering(
+                self._hooked_run, fetches, feed_dict, options, run_metadata
+            )
+
+    async def run_without_hooks(
+        self,
+        fetches: Any,
+        feed_dict: Any = None,
+        options: Any = None,
+        run_metadata: Any = None,
+    ) -> Any:
+        """Run fetches without calling any hook, keeping recovery and serialisation.
+
+        For auxiliary runs (evaluate a metric, read a variable, feed an iterator
+        handle) that must not trigger hooks (tensorflow#12343), instead of reaching
+        for the raw session and losing recovery. Unlike `run`, it works after a
+        stop was requested.
+
+        Cancellation: as `run`.
+        """
+        if self._state is not State.OPEN:
+            self._check_can_run()
+        assert self._lock is not None
+        assert self._bridge is not None
+        self._bridge.check_current()
+        async with self._lock:
+            return await self._run_recovering(
+                self._plain_run, fetches, feed_dict, options, run_metadata
+            )
+
+    async def _run_recovering(self, run: Any, *args: Any) -> Any:
+        while True:
+            try:
+                result = await run(*args)
+            except Exception as exc:
+                error = _coordinator_root_cause(self._coord, exc)
+                if not (self._should_recover and is_preemption(error)):
+                    if error is exc:
+                        raise
+                    raise error from None
+                await self._recover(error, "running a step")
+                continue
+            self._in_a_row = 0
+            return result
+
+    async def _plain_run(
+        self, fetches: Any, feed_dict: Any, options: Any, meta: Any
+    ) -> Any:
+        assert self._worker is not None
+        completion = self._worker.submit(
+            self._tf_sess.run, fetches, feed_dict, options, meta
+        )
+        return await self._await_step(completion)
+
+    async def _hooked_run(
+        self, fetches: Any, feed_dict: Any, options: Any, run_metadata: Any
+    ) -> Any:
+        dispatch, worker, sess = self._dispatch, self._worker, self._tf_sess
+        assert worker is not None
+        if dispatch.idle:  # no hook takes part in steps: one hand-off, nothing else
+            completion = worker.submit(
+                sess.run, fetches, feed_dict, options, run_metadata
+            )
+            return await self._await_step(completion)
+        # 1. before_run: async hooks concurrently, here on the loop.
+        run_context = RunContext(
+            original_args=SessionRunArgs(fetches, feed_dict), session=sess
+        )
+        requests: list[Any] = [None] * len(dispatch.requesters)
+        try:
+            await dispatch.before_run(run_context, requests)
+            # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
+            #    all in one hand-off to the worker thread.
+            completion = worker.submit(
+                self._step_on_worker,
+                sess,
+                run_context,
+                requests,
+                fetches,
+                feed_dict,
+                options,
+                run_metadata,
+            )
+            step: StepOutcome = await self._await_step(completion)
+            # 3. after_run: async hooks concurrently, with their own results.
+            await dispatch.after_run(run_context, step)
+        finally:
+            # Honour a stop request even if a later after_run raised (TF loses it).
+            if run_context.stop_requested:
+                self._note_hook_stop(run_context)
+        return step.result
+
+    def _step_on_worker(
+        self,
+        sess: Any,
+        run_context: Any,
+        requests: list[Any],
+        fetches: Any,
+        feed_dict: Any,
+        options: Any,
+        run_metadata: Any,
+    ) -> StepOutcome:
+        dispatch = self._dispatch
+        if dispatch.sync_before:
+            dispatch.sync_before_run(run_context, requests)
+        merged = merge(
+            fetches, feed_dict, options, run_metadata, dispatch.requester_hooks, requests
+        )
+        outputs = sess.run(
+            merged.fetches,
+            feed_dict=merged.feed_dict,
+            options=merged.options,
+            run_metadata=merged.run_metadata,
+        )
+        step = StepOutcome(
+            result=outputs[0] if merged.wrapped else outputs,
+            outputs=outputs,
+            slots=merged.slots,
+            options=merged.options if merged.options is not None else RunOptions(),
+            run_metadata=(
+                merged.run_metadata
+                if merged.run_metadata is not None
+                else RunMetadata()
+            ),
+        )
+        if dispatch.sync_after:
+            dispatch.sync_after_run(run_context, step)
+        return step
+
+    async def _await_step(self, completion: Completion) -> Any:
+        bridge = self._bridge
+        assert bridge is not None
+        try:
+            await bridge.wait(completion)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._settle_cancelled_step(completion)
+            raise
+        return completion.result()
+
+    async def _settle_cancelled_step(self, completion: Completion) -> None:
+        """A step's caller was cancelled: let it finish briefly, else interrupt it."""
+        bridge, worker = self._bridge, self._worker
+        assert bridge is not None
+        assert worker is not None
+        with anyio.move_on_after(self.step_cancel_grace):
+            await bridge.wait(completion)
+        if completion.done:
+            completion.error = None  # the caller is gone; its outcome is dropped
+            return
+        worker.abandon(completion)
+        sess = self._tf_sess
+        logger.warning(
+            "A step was cancelled while blocked inside TensorFlow for more than "
+            "%.2fs; closing the TF session to interrupt it. The step's effects are "
+            "unknown and this session can only be closed now.",
+            self.step_cancel_grace,
+        )
+        self._broken = (
+            "The TF session was closed to interrupt a step blocked inside "
+            "TensorFlow when its caller was cancelled; close this session and open "
+            "a new one."
+        )
+        if self._stop is None:
+            self._stop = StopReason("cancelled", "A blocked step was cancelled.")
+        self._tf_sess = None
+        if sess is not None:
+            # Session.close() cancels the steps running in it; it does not wait.
+            await anyio.to_thread.run_sync(sess.close, abandon_on_cancel=True)
+        with anyio.move_on_after(self._grace):
+            await bridge.wait(completion)
+
+    # -- step functions -----------------------------------------------------------
+
+    async def run_step_fn(self, step_fn: Any) -> Any:
+        """Run ``step_fn(step_context)``, a plain or an async function, with recovery.
+
+        ``step_context.session`` is the raw `tf.compat.v1.Session`;
+        ``step_context.run_with_hooks(...)`` is `run`; ``step_context.request_stop()``
+        ends the step function, makes this return None and `should_stop` True. A
+        plain ``step_fn`` runs on a worker thread (it may block); an async one runs
+        in this task. After a preemption the step function is called again with
+        the new session (TensorFlow hands it the closed one).
+
+        Returns:
+          What ``step_fn`` returned, or None if it requested a stop.
+
+        Cancellation: an async ``step_fn`` is cancelled with the caller. A plain one
+        is given ``step_cancel_grace`` seconds to finish on its thread, then left
+        to finish on its own while the cancellation propagates.
+        """
+        check_step_fn(step_fn)
+        if self._state is not State.OPEN:
+            self._check_can_run()
+        is_async = inspect.iscoroutinefunction(step_fn) or inspect.iscoroutinefunction(
+            getattr(step_fn, "__call__", None)  # noqa: B004
+        )
+        while True:
+            try:
+                if is_async:
+                    context = StepContext(self._tf_sess, self.run)
+                    return await in_graph(step_fn(context), self._graph)
+                return await self._run_sync_step_fn(step_fn)
+            except Exception as exc:
+                if stop_requested_by(exc):
+                    if self._stop is None:
+                        self._stop = StopReason(
+                            "step_fn",
+                            "step_context.request_stop() was called.",
+                            "step_fn",
+                        )
+                    return None
+                better = explain_finalized(exc, "The step_fn")
+                if better is not exc:
+                    raise better from exc
+                error = _coordinator_root_cause(self._coord, exc)
+                if not (self._should_recover and is_preemption(error)):
+                    raise
+                await self._recover(error, "running a step_fn")
+
+    async def _run_sync_step_fn(self, step_fn: Any) -> Any:
+        graph, session = self._graph, self._tf_sess
+
+        def run_with_hooks(*args: Any, **kwargs: Any) -> Any:
+            return anyio.from_thread.run(lambda: self.run(*args, **kwargs))
+
+        def call() -> Any:
+            with graph.as_default():
+                return step_fn(StepContext(session, run_with_hooks))
+
+        return await anyio.to_thread.run_sync(call)
+
+
+class SingularMonitoredSession(MonitoredSession):
+    """A `MonitoredSession` without recovery, with access to the raw session.
+
+    Same as TensorFlow's: always a `ChiefSessionCreator` built from the arguments;
+    ``AbortedError``/``UnavailableError`` propagate instead of recreating the session.
+
+    Args:
+      hooks: asyncsess and/or TensorFlow `SessionRunHook` instances.
+      scaffold: A `Scaffold` (a default one if None).
+      master: The TensorFlow master to use.
+      config: A `ConfigProto` for the session.
+      checkpoint_dir: Directory to restore variables from.
+      stop_grace_period_secs: Seconds given to threads to stop on close.
+      checkpoint_filename_with_path: Full path of a checkpoint to restore from.
+
+    Cancellation: as `MonitoredSession`.
+    """
+
+    _should_recover = False
+
+    def __init__(
+        self,
+        hooks: Any = None,
+        scaffold: Any = None,
+        master: str = "",
+        config: Any = None,
+        checkpoint_dir: str | None = None,
+        stop_grace_period_secs: float = 120,
+        checkpoint_filename_with_path: str | None = None,
+    ) -> None:
+        creator = ChiefSessionCreator(
+            scaffold=scaffold,
+            master=master,
+            config=config,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_filename_with_path=checkpoint_filename_with_path,
+        )
+        super().__init__(creator, hooks, stop_grace_period_secs=stop_grace_period_secs)
+
+    def raw_session(self) -> Any:
+        """The underlying `tf.compat.v1.Session`, or None when not open."""
+        return self._tf_sess
+
+
+def _start_queue_runners(sess: Any, coord: Any) -> list[Any]:
+    """Start the graph's QueueRunners as TensorFlow does (on the worker thread)."""
+    threads: list[Any] = []
+    for runner in v1.get_collection(_QUEUE_RUNNERS):
+        threads.extend(
+            runner.create_threads(sess, coord=coord, daemon=True, start=True)
+        )
+    return threads
+
+
+def _join_coordinator(
+    coord: Any, threads: list[Any], grace: float
+) -> BaseException | None:
+    """Join the threads within *grace*; return (not raise) the coordinator's error."""
+    try:
+        coord.join(threads, stop_grace_period_secs=grace, ignore_live_threads=True)
+    except Exception as exc:
+        return exc
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        logger.warning("Threads still running after %.0fs: %s", grace, ", ".join(alive))
+    return None
+
+
+def _raise_coordinator_error(coord: Any) -> None:
+    """Raise the coordinator's reported error, unless it is a preemption."""
+    try:
+        coord.raise_requested_exception()
+    except Exception as exc:
+        if not is_preemption(exc):
+            raise
+
+
+def _coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
+    """TF's rule: a preemption held by the coordinator is the root cause of *exc*."""
+    if coord is None or is_preemption(exc):
+        return exc
+    try:
+        coord.raise_requested_exception()
+    except Exception as held:
+        if is_preemption(held):
+            return held
+    return exc
