@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 import sys
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from ._dispatch import Dispatcher, call_sync
 from ._exceptions import explain_finalized, source_of
 from ._graph import in_graph
 from ._hook import describe, hook_name
+from ._queues import QueueRunners
 from ._recovery import RecoveryPolicy, is_preemption
 from ._runargs import merge
 from ._step import StepContext, check_step_fn, stop_requested_by
@@ -34,13 +36,13 @@ from ._worker import WorkerThread, current_worker
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from anyio.abc import TaskGroup
     from typing_extensions import Self
 
     from ._backend import Completion, LoopBridge
 
 logger = logging.getLogger("asyncsess")
 
-_QUEUE_RUNNERS = v1.GraphKeys.QUEUE_RUNNERS
 _END_OF_INPUT = (OutOfRangeError, StopIteration)
 
 
@@ -129,7 +131,9 @@ class MonitoredSession:
         self._lock: anyio.Lock | None = None
         self._tf_sess: Any = None
         self._coord: Any = None
-        self._qr_threads: list[Any] = []
+        self._runners: QueueRunners | None = None
+        self._exit_stack: AsyncExitStack | None = None
+        self._task_group: TaskGroup | None = None
         self._graph_was_finalized = False
         self._stop: StopReason | None = None
         self._recoveries = 0
@@ -197,14 +201,29 @@ class MonitoredSession:
         self._lock = anyio.Lock(fast_acquire=True)
         self._graph_was_finalized = self._graph.finalized
         self._worker = WorkerThread(self._graph, self._bridge)
+        self._runners = QueueRunners(
+            self._graph, self._worker, self._spawn, self._wait_bounded, self._grace
+        )
         token = current_worker.set(self._worker)
         try:
+            # Background work of the session (queue runners, pending hooks) runs in
+            # this task group, entered here and left in close(): open() and close()
+            # must run in the same task, as `async with` and a lifespan do.
+            self._exit_stack = AsyncExitStack()
+            self._task_group = await self._exit_stack.enter_async_context(
+                anyio.create_task_group()
+            )
             await self._dispatch.call_in_order("begin", self._worker)
             await self._create_session()
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await self._shutdown(exc)
-            self._state = State.CLOSED
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown(exc)
+            finally:
+                # Left outside the shield: a task group must be exited under the
+                # same cancel scope it was entered in.
+                await self._close_task_group()
+                self._state = State.CLOSED
             raise
         finally:
             current_worker.reset(token)
@@ -251,7 +270,10 @@ class MonitoredSession:
                     await self._shutdown(exc)
         finally:
             current_worker.reset(token)
-            self._state = State.CLOSED
+            try:
+                await self._close_task_group()
+            finally:
+                self._state = State.CLOSED
             if self._stop is None:
                 self._stop = StopReason("closed", "The session was closed.")
 
@@ -308,14 +330,11 @@ class MonitoredSession:
 
     async def _release_tf_session(self) -> BaseException | None:
         """Join the queue runners and close the TF session; return the coord's error."""
-        coord, sess, threads = self._coord, self._tf_sess, self._qr_threads
-        self._coord, self._tf_sess, self._qr_threads = None, None, []
+        sess, runners = self._tf_sess, self._runners
+        self._coord, self._tf_sess = None, None
         error: BaseException | None = None
-        if coord is not None:
-            coord.request_stop()
-            done, error = await self._bounded(
-                _join_coordinator, coord, threads, self._grace
-            )
+        if runners is not None:
+            error = await runners.stop()
         if sess is not None:
             done, close_error = await self._bounded(sess.close)
             if not done:
@@ -330,6 +349,26 @@ class MonitoredSession:
                     close_error,
                 )
         return error
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        """Start ``fn(*args)`` as a background task; it must not raise."""
+        if self._task_group is None:
+            raise RuntimeError("The session is not open.")
+        self._task_group.start_soon(fn, *args)
+
+    async def _wait_bounded(self, completion: Completion) -> None:
+        """Wait for a worker job for at most the grace period."""
+        assert self._bridge is not None
+        with anyio.move_on_after(self._grace):
+            await self._bridge.wait(completion)
+
+    async def _close_task_group(self) -> None:
+        stack, group = self._exit_stack, self._task_group
+        self._exit_stack = self._task_group = None
+        if stack is None or group is None:
+            return
+        group.cancel_scope.cancel()
+        await stack.aclose()
 
     async def _bounded(self, fn: Any, *args: Any) -> tuple[bool, Any]:
         """Run fn on the worker within the grace period: (finished, result)."""
@@ -355,9 +394,8 @@ class MonitoredSession:
                 sess = await self._creator.create_session()
                 self._tf_sess = sess
                 self._coord = Coordinator(clean_stop_exception_types=[])
-                self._qr_threads = await worker.call(
-                    _start_queue_runners, sess, self._coord
-                )
+                assert self._runners is not None
+                await self._runners.start(sess, self._coord)
                 await self._log_creation(sess)
                 await self._dispatch.call_in_order(
                     "after_create_session", worker, sess, self._coord
@@ -630,7 +668,12 @@ class MonitoredSession:
         if dispatch.sync_before:
             dispatch.sync_before_run(run_context, requests)
         merged = merge(
-            fetches, feed_dict, options, run_metadata, dispatch.requester_hooks, requests
+            fetches,
+            feed_dict,
+            options,
+            run_metadata,
+            dispatch.requester_hooks,
+            requests,
         )
         outputs = sess.run(
             merged.fetches,
@@ -799,30 +842,6 @@ class SingularMonitoredSession(MonitoredSession):
     def raw_session(self) -> Any:
         """The underlying `tf.compat.v1.Session`, or None when not open."""
         return self._tf_sess
-
-
-def _start_queue_runners(sess: Any, coord: Any) -> list[Any]:
-    """Start the graph's QueueRunners as TensorFlow does (on the worker thread)."""
-    threads: list[Any] = []
-    for runner in v1.get_collection(_QUEUE_RUNNERS):
-        threads.extend(
-            runner.create_threads(sess, coord=coord, daemon=True, start=True)
-        )
-    return threads
-
-
-def _join_coordinator(
-    coord: Any, threads: list[Any], grace: float
-) -> BaseException | None:
-    """Join the threads within *grace*; return (not raise) the coordinator's error."""
-    try:
-        coord.join(threads, stop_grace_period_secs=grace, ignore_live_threads=True)
-    except Exception as exc:
-        return exc
-    alive = [t.name for t in threads if t.is_alive()]
-    if alive:
-        logger.warning("Threads still running after %.0fs: %s", grace, ", ".join(alive))
-    return None
 
 
 def _raise_coordinator_error(coord: Any) -> None:

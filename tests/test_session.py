@@ -181,7 +181,10 @@ class TestRun:
         async with asyncsess.MonitoredSession() as sess:
             feed = {model.x: 2.0}
             assert await sess.run(model.y, feed_dict=feed) == 2.0
-            assert await sess.run([model.y, (model.y,)], feed_dict=feed) == [2.0, (2.0,)]
+            assert await sess.run([model.y, (model.y,)], feed_dict=feed) == [
+                2.0,
+                (2.0,),
+            ]
             result = await sess.run({"p": Pair(model.y, [model.y])}, feed_dict=feed)
             assert isinstance(result["p"], Pair)
             assert result["p"].b == [2.0]
@@ -191,7 +194,9 @@ class TestRun:
         log: list[str] = []
         hooks = [Recorder(log, "a", model.global_step), TFRecorder(log, "tf", model.w)]
         async with asyncsess.MonitoredSession(hooks=hooks) as sess:
-            out = await sess.run({"y": model.y, "l": [model.y]}, feed_dict={model.x: 3.0})
+            out = await sess.run(
+                {"y": model.y, "l": [model.y]}, feed_dict={model.x: 3.0}
+            )
             assert out == {"y": 3.0, "l": [3.0]}
         assert hooks[0].results == [0]
         assert hooks[1].results == [1.0]
