@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import tensorflow as tf
 
@@ -38,7 +39,7 @@ class Recorder(asyncsess.SessionRunHook):
     async def before_run(self, run_context: Any) -> Any:
         self.log.append(f"{self.name}.before_run")
         self.contexts.append(run_context)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return SessionRunArgs(self.fetch) if self.fetch is not None else None
 
     async def after_run(self, run_context: Any, run_values: Any) -> None:
@@ -307,7 +308,7 @@ class TestFeeds:
 
         sess = asyncsess.MonitoredSession(hooks=[Feed()])
         with pytest.raises(
-            RuntimeError, match="Same tensor is fed by a SessionRunHook and user"
+            RuntimeError, match=r"Same tensor is fed by a SessionRunHook and user\."
         ):
             async with sess:
                 await sess.run(model.y, feed_dict={model.x: 2.0})
@@ -517,7 +518,7 @@ class TestValidation:
             asyncsess.MonitoredSession(session_creator=object())
 
     def test_bad_hook(self, model: Model) -> None:
-        with pytest.raises(TypeError, match="neither an asyncsess.SessionRunHook"):
+        with pytest.raises(TypeError, match=r"neither an asyncsess\.SessionRunHook"):
             asyncsess.MonitoredSession(hooks=[object()])
 
     def test_bad_grace_period(self, model: Model) -> None:
