@@ -8,6 +8,7 @@ creation, ``_recovery`` retries); ``asyncsess.hooks`` holds the standard hooks.
 
 from __future__ import annotations
 
+from . import hooks as hooks
 from ._creators import ChiefSessionCreator as ChiefSessionCreator
 from ._creators import SessionCreator as SessionCreator
 from ._creators import WorkerSessionCreator as WorkerSessionCreator
@@ -38,12 +39,15 @@ __all__ = (
     "StepContext",
     "StopReason",
     "WorkerSessionCreator",
+    "hooks",
     "run_in_session_thread",
 )
 
 # TensorFlow's own classes keep their module; ours read as public names.
 for _name in __all__:
     _obj = globals()[_name]
+    if _name == "hooks":
+        continue
     if getattr(_obj, "__module__", "").startswith("asyncsess."):
         _obj.__module__ = __name__
 del _name, _obj

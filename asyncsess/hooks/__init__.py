@@ -1,0 +1,17 @@
+"""The standard hooks, async, with TensorFlow's constructor arguments and files.
+
+- `CheckpointSaverHook`, `CheckpointSaverListener`: save checkpoints.
+- `SummarySaverHook`: write summaries.
+- `StepCounterHook`: log and record steps per second.
+- `StopAtStepHook`: stop at a step.
+- `NanTensorHook`, `NanLossDuringTrainingError`: stop or fail on a NaN loss.
+- `LoggingTensorHook`: log tensors.
+- `FinalOpsHook`: run ops at the end.
+- `FeedFnHook`: feed from a plain or async function.
+- `GlobalStepWaiterHook`: wait (asynchronously) for a global step.
+- `ProfilerHook`: write Chrome-trace timelines.
+"""
+
+from __future__ import annotations
+
+__all__: tuple[str, ...] = ()
