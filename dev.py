@@ -57,15 +57,10 @@ def main(argv: list[str]) -> int:
         os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
     )
     if command == "test":
+        folders = ("asyncsess", "tests", "benchmarks", "examples")
+        sources = [d for d in folders if (ROOT / d).exists()]
         checks = [
-            [
-                str(BIN / "ruff"),
-                "check",
-                "asyncsess",
-                "tests",
-                "benchmarks",
-                "examples",
-            ],
+            [str(BIN / "ruff"), "check", *sources],
             [str(BIN / "mypy")],
             [str(PY), "-m", "pytest", *rest],
         ]
