@@ -15,3 +15,13 @@
 from __future__ import annotations
 
 __all__: tuple[str, ...] = ()
+
+# Our hooks read as asyncsess.hooks.X; TensorFlow's own classes keep their module.
+def _fix_modules() -> None:
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("asyncsess.hooks."):
+            obj.__module__ = __name__
+
+
+_fix_modules()
