@@ -36,6 +36,43 @@ PREEMPTION_ERRORS: tuple[type[BaseException], ...] = (
 
 OutOfRangeError = errors.OutOfRangeError
 
+# -- names the standard hooks need (asyncsess.hooks) ---------------------------------
+# TensorFlow's own timer, so every-N-secs/steps triggers match TF's to the step.
+SecondOrStepTimer = v1.train.SecondOrStepTimer
+# TF's own class, so `except` catches what either NanTensorHook raises.
+NanLossDuringTrainingError = v1.train.NanLossDuringTrainingError
+FileWriterCache = v1.summary.FileWriterCache
+FULL_TRACE = RunOptions.FULL_TRACE
+
+
+def global_step_read(graph: Any = None) -> Any:
+    """The graph's global-step read tensor (created once), or None without a step.
+
+    The same tensor TF's hooks fetch: a copy of the value, safe to fetch alongside
+    ops that increment the step.
+    """
+    from tensorflow.python.training import training_util
+
+    return training_util._get_or_create_global_step_read(graph)
+
+
+def as_graph_element(obj: Any) -> Any:
+    """TF hooks' rule turning a tensor or tensor name into a default-graph element."""
+    from tensorflow.python.training import basic_session_run_hooks
+
+    return basic_session_run_hooks._as_graph_element(obj)
+
+
+def chrome_trace(step_stats: Any, show_dataflow: bool, show_memory: bool) -> str:
+    """A Chrome trace (JSON text) of a step's ``RunMetadata.step_stats``."""
+    from tensorflow.python.client import timeline
+
+    return str(
+        timeline.Timeline(step_stats).generate_chrome_trace_format(
+            show_dataflow=show_dataflow, show_memory=show_memory
+        )
+    )
+
 
 def default_graph() -> Any:
     """The calling thread's default graph (TensorFlow keeps one per thread)."""
@@ -44,20 +81,26 @@ def default_graph() -> Any:
 
 __all__ = [
     "PREEMPTION_ERRORS",
+    "FULL_TRACE",
     "Coordinator",
+    "FileWriterCache",
     "Graph",
+    "NanLossDuringTrainingError",
     "OutOfRangeError",
     "RunMetadata",
     "RunOptions",
     "Scaffold",
+    "SecondOrStepTimer",
     "Session",
     "SessionRunArgs",
     "SessionRunContext",
     "SessionRunValues",
     "TFSessionCreator",
     "TFSessionRunHook",
+    "as_graph_element",
     "default_graph",
     "errors",
+    "global_step_read",
     "tf",
     "v1",
 ]
