@@ -146,7 +146,9 @@ class Dispatcher:
         self.async_before = [e for e in self.requesters if e.is_async]
         self.sync_before = [e for e in self.requesters if not e.is_async]
         after = [e for e in self.entries if "after_run" in e.phases]
-        self.async_after = [e for e in after if e.is_async]
+        self.async_after = [e for e in after if e.is_async and not e.overlap]
+        #: Hooks whose after_run of step k runs while step k+1 proceeds.
+        self.overlap_after = [e for e in after if e.is_async and e.overlap]
         self.sync_after = [e for e in after if not e.is_async]
         #: True when a step needs nothing from any hook: run() takes the fast path.
         self.idle = not self.requesters and not after
@@ -207,11 +209,15 @@ class Dispatcher:
 
     async def after_run(self, run_context: Any, step: Any) -> None:
         """Await the async hooks' after_run concurrently with their own values."""
-        entries = self.async_after
-        if not entries:
-            return
+        if self.async_after:
+            await gather(self.after_run_calls(self.async_after, run_context, step))
+
+    def after_run_calls(
+        self, entries: list[HookEntry], run_context: Any, step: Any
+    ) -> list[Callable[[], Any]]:
+        """The after_run calls of *entries* for *step*, ready to be awaited later."""
         graph = self.graph
-        calls = []
+        calls: list[Callable[[], Any]] = []
         for entry in entries:
             values = self.values_for(
                 entry, step.slots, step.outputs, step.options, step.run_metadata
@@ -219,4 +225,4 @@ class Dispatcher:
             calls.append(
                 partial(_call_async, entry, "after_run", graph, run_context, values)
             )
-        await gather(calls)
+        return calls

@@ -13,7 +13,7 @@ import anyio
 
 from ._backend import current_bridge
 from ._creators import ChiefSessionCreator, adapt_creator
-from ._dispatch import Dispatcher, call_sync
+from ._dispatch import Dispatcher, call_sync, gather
 from ._exceptions import explain_finalized, source_of
 from ._graph import in_graph
 from ._hook import describe, hook_name
@@ -139,6 +139,8 @@ class MonitoredSession:
         self._recoveries = 0
         self._in_a_row = 0
         self._broken: str | None = None
+        #: The previous step's overlapping after_run calls, not yet awaited.
+        self._pending: tuple[Any, list[Any]] | None = None
 
     # -- public properties ------------------------------------------------------
 
@@ -256,6 +258,7 @@ class MonitoredSession:
         try:
             try:
                 if exc is None and self._tf_sess is not None:
+                    await self._drain_pending()
                     await self._dispatch.call_in_order(
                         "end", self._worker, self._tf_sess
                     )
@@ -630,29 +633,93 @@ class MonitoredSession:
         run_context = RunContext(
             original_args=SessionRunArgs(fetches, feed_dict), session=sess
         )
-        requests: list[Any] = [None] * len(dispatch.requesters)
+        args = (run_context, fetches, feed_dict, options, run_metadata)
+        pending, self._pending = self._pending, None
         try:
-            await dispatch.before_run(run_context, requests)
-            # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
-            #    all in one hand-off to the worker thread.
-            completion = worker.submit(
-                self._step_on_worker,
-                sess,
-                run_context,
-                requests,
-                fetches,
-                feed_dict,
-                options,
-                run_metadata,
-            )
-            step: StepOutcome = await self._await_step(completion)
-            # 3. after_run: async hooks concurrently, with their own results.
+            if pending is None:
+                step = await self._before_and_step(*args)
+            else:  # the previous step's overlapping after_runs run meanwhile
+                step = await self._overlapped(pending, self._before_and_step, *args)
+            # 3. after_run: async hooks concurrently, with their own results;
+            #    overlapping hooks' after_run waits for the next step.
             await dispatch.after_run(run_context, step)
+            if dispatch.overlap_after:
+                calls = dispatch.after_run_calls(
+                    dispatch.overlap_after, run_context, step
+                )
+                self._pending = (run_context, calls)
         finally:
             # Honour a stop request even if a later after_run raised (TF loses it).
             if run_context.stop_requested:
                 self._note_hook_stop(run_context)
         return step.result
+
+    async def _before_and_step(
+        self,
+        run_context: Any,
+        fetches: Any,
+        feed_dict: Any,
+        options: Any,
+        run_metadata: Any,
+    ) -> StepOutcome:
+        # 1. before_run: async hooks concurrently, here on the loop.
+        requests: list[Any] = [None] * len(self._dispatch.requesters)
+        await self._dispatch.before_run(run_context, requests)
+        # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
+        #    all in one hand-off to the worker thread.
+        assert self._worker is not None
+        completion = self._worker.submit(
+            self._step_on_worker,
+            self._tf_sess,
+            run_context,
+            requests,
+            fetches,
+            feed_dict,
+            options,
+            run_metadata,
+        )
+        step: StepOutcome = await self._await_step(completion)
+        return step
+
+    async def _overlapped(self, pending: Any, step_fn: Any, *args: Any) -> Any:
+        """Run *step_fn* while the previous step's overlapping after_runs run.
+
+        Both finish before this returns (at most one after_run pending per hook).
+        An error from those after_runs is raised here, after the step; a step
+        error waits for them and wins. Tested in tests/test_overlap.py.
+        """
+        previous_context, calls = pending
+        errors: list[BaseException] = []
+
+        async def drain() -> None:
+            try:
+                await gather(calls)
+            except Exception as exc:
+                errors.append(exc)
+
+        step_error: BaseException | None = None
+        result: Any = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            try:
+                result = await step_fn(*args)
+            except Exception as exc:
+                step_error = exc
+        if previous_context.stop_requested:
+            self._note_hook_stop(previous_context)
+        if step_error is not None:
+            raise step_error
+        if errors:
+            raise errors[0]
+        return result
+
+    async def _drain_pending(self) -> None:
+        """Await the overlapping after_runs still pending (before hooks' end)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await gather(pending[1])
+            if pending[0].stop_requested:
+                self._note_hook_stop(pending[0])
 
     def _step_on_worker(
         self,
