@@ -29,6 +29,7 @@ from ._tf import (
     RunOptions,
     SessionRunArgs,
     default_graph,
+    errors,
     v1,
 )
 from ._worker import WorkerThread, current_worker
@@ -425,7 +426,10 @@ class MonitoredSession:
         if tensor is None:
             return None
         assert self._worker is not None
-        return int(await self._worker.call(sess.run, tensor))
+        try:
+            return int(await self._worker.call(sess.run, tensor))
+        except errors.FailedPreconditionError:  # not initialized: nothing to report
+            return None
 
     async def _prepare_retry(self, exc: BaseException, during: str) -> None:
         """Count a recovery, enforce the policy, back off and drop the old session."""
