@@ -567,11 +567,16 @@ class MonitoredSession:
         """
         self._check_can_run()
         assert self._lock is not None
-        async with self._lock:
-            self._check_can_run()
-            return await self._run_recovering(
-                self._hooked_run, fetches, feed_dict, options, run_metadata
-            )
+        # Hooks' run_in_session_thread() finds this session's worker through it.
+        token = current_worker.set(self._worker)
+        try:
+            async with self._lock:
+                self._check_can_run()
+                return await self._run_recovering(
+                    self._hooked_run, fetches, feed_dict, options, run_metadata
+                )
+        finally:
+            current_worker.reset(token)
 
     async def run_without_hooks(
         self,
@@ -832,6 +837,13 @@ class MonitoredSession:
         check_step_fn(step_fn)
         if self._state is not State.OPEN:
             self._check_can_run()
+        token = current_worker.set(self._worker)
+        try:
+            return await self._run_step_fn(step_fn)
+        finally:
+            current_worker.reset(token)
+
+    async def _run_step_fn(self, step_fn: Any) -> Any:
         is_async = inspect.iscoroutinefunction(step_fn) or inspect.iscoroutinefunction(
             getattr(step_fn, "__call__", None)  # noqa: B004
         )

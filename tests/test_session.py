@@ -524,3 +524,30 @@ class TestValidation:
     def test_bad_grace_period(self, model: Model) -> None:
         with pytest.raises(ValueError, match="stop_grace_period_secs"):
             asyncsess.MonitoredSession(stop_grace_period_secs=-1)
+
+
+class TestRunInSessionThread:
+    async def test_hooks_reach_the_session_worker_and_graph(self) -> None:
+        # Two graphs: the hook must run its TF call in its own session's graph,
+        # whatever the loop thread's default graph is.
+        seen: list[Any] = []
+
+        class Reads(asyncsess.SessionRunHook):
+            async def after_run(self, run_context: Any, run_values: Any) -> None:
+                def read() -> Any:
+                    seen.append(
+                        (threading.current_thread().name, v1.get_default_graph())
+                    )
+                    return run_context.session.run(m.global_step)
+
+                await asyncsess.run_in_session_thread(read)
+
+        m = Model()
+        with m.graph.as_default():
+            sess = asyncsess.MonitoredSession(hooks=[Reads()])
+        with tf.Graph().as_default():
+            async with sess:
+                await sess.run(m.inc)
+        name, graph = seen[0]
+        assert name.startswith("asyncsess-worker")
+        assert graph is m.graph
