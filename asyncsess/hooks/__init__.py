@@ -14,7 +14,10 @@
 
 from __future__ import annotations
 
-__all__: tuple[str, ...] = ()
+from ._stop_at_step import StopAtStepHook as StopAtStepHook
+
+__all__: tuple[str, ...] = ("StopAtStepHook",)
+
 
 # Our hooks read as asyncsess.hooks.X; TensorFlow's own classes keep their module.
 def _fix_modules() -> None:

@@ -1,0 +1,97 @@
+"""StopAtStepHook: request a stop once the global step reaches a last step."""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING, Any
+
+from .._hook import SessionRunHook
+from .._tf import SessionRunArgs, global_step_read
+from .._worker import run_in_session_thread
+
+if TYPE_CHECKING:
+    from .._tf import SessionRunContext, SessionRunValues
+
+
+def _check_steps(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a number of steps (an int). Received: {name}={value!r}"
+        )
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
+
+
+class StopAtStepHook(SessionRunHook):
+    """Hook that requests stop at a specified step, like TensorFlow's.
+
+    With ``num_steps``, the last step is the global step read when the session is
+    created plus ``num_steps`` (so a restored run trains ``num_steps`` more); with
+    ``last_step``, training stops once the global step reaches it. The check uses
+    the global step fetched with each step; only when that value says the last
+    step may have been reached is the step re-read (one extra session run, off
+    the event loop), exactly where TensorFlow needs the exact value.
+
+    Args:
+      num_steps: Number of steps to execute.
+      last_step: Step after which to stop.
+
+    Raises:
+      ValueError: if both or neither of ``num_steps`` and ``last_step`` are
+        given, or one is negative.
+      TypeError: if one is not a number.
+
+    Cancellation: ``after_create_session`` and ``after_run`` are cancelled at
+    their global-step read, which then finishes on the session's worker thread;
+    a cancelled ``after_run`` requests no stop for that step.
+    """
+
+    def __init__(
+        self, num_steps: int | None = None, last_step: int | None = None
+    ) -> None:
+        if num_steps is None and last_step is None:
+            raise ValueError(
+                "One of num_steps or last_step must be specified. "
+                "Received: num_steps=None, last_step=None"
+            )
+        if num_steps is not None and last_step is not None:
+            raise ValueError(
+                "Only one of num_steps or last_step can be specified. "
+                f"Received: num_steps={num_steps!r}, last_step={last_step!r}"
+            )
+        _check_steps("num_steps", num_steps)
+        _check_steps("last_step", last_step)
+        self._num_steps = num_steps
+        self._last_step = last_step
+        self._global_step_tensor: Any = None
+
+    async def begin(self) -> None:
+        self._global_step_tensor = global_step_read()
+        if self._global_step_tensor is None:
+            raise RuntimeError("Global step should be created to use StopAtStepHook.")
+
+    async def after_create_session(self, session: Any, coord: Any) -> None:
+        # Counted from the step the session starts at (restored or 0), once: a
+        # session recreated after a preemption keeps the same last step.
+        if self._last_step is None:
+            assert self._num_steps is not None
+            step = await run_in_session_thread(session.run, self._global_step_tensor)
+            self._last_step = int(step) + self._num_steps
+
+    async def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
+        return SessionRunArgs(self._global_step_tensor)
+
+    async def after_run(
+        self, run_context: SessionRunContext, run_values: SessionRunValues
+    ) -> None:
+        assert self._last_step is not None
+        # The fetched value is the step *before* this run; +1 is only an estimate
+        # (the fetches may not have incremented it), so confirm before stopping.
+        if run_values.results + 1 < self._last_step:
+            return
+        session = run_context.session
+        step = await run_in_session_thread(session.run, self._global_step_tensor)
+        if step >= self._last_step:
+            run_context.request_stop()
