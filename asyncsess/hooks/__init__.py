@@ -14,9 +14,15 @@
 
 from __future__ import annotations
 
+from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingError
+from ._nan_tensor import NanTensorHook as NanTensorHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
 
-__all__: tuple[str, ...] = ("StopAtStepHook",)
+__all__: tuple[str, ...] = (
+    "NanLossDuringTrainingError",
+    "NanTensorHook",
+    "StopAtStepHook",
+)
 
 
 # Our hooks read as asyncsess.hooks.X; TensorFlow's own classes keep their module.
