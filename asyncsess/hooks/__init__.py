@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+from ._logging_tensor import LoggingTensorHook as LoggingTensorHook
 from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingError
 from ._nan_tensor import NanTensorHook as NanTensorHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
 
 __all__: tuple[str, ...] = (
+    "LoggingTensorHook",
     "NanLossDuringTrainingError",
     "NanTensorHook",
     "StopAtStepHook",
