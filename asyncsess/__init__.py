@@ -16,6 +16,7 @@ from ._hook import SessionRunHook as SessionRunHook
 from ._recovery import RecoveryPolicy as RecoveryPolicy
 from ._session import MonitoredSession as MonitoredSession
 from ._session import SingularMonitoredSession as SingularMonitoredSession
+from ._signals import stop_on_signals as stop_on_signals
 from ._step import StepContext as StepContext
 from ._stop import StopReason as StopReason
 from ._tf import Scaffold as Scaffold
@@ -41,6 +42,7 @@ __all__ = (
     "WorkerSessionCreator",
     "hooks",
     "run_in_session_thread",
+    "stop_on_signals",
 )
 
 # TensorFlow's own classes keep their module; ours read as public names.

@@ -14,12 +14,16 @@
 
 from __future__ import annotations
 
+from ._feed_fn import FeedFnHook as FeedFnHook
+from ._final_ops import FinalOpsHook as FinalOpsHook
 from ._logging_tensor import LoggingTensorHook as LoggingTensorHook
 from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingError
 from ._nan_tensor import NanTensorHook as NanTensorHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
 
 __all__: tuple[str, ...] = (
+    "FeedFnHook",
+    "FinalOpsHook",
     "LoggingTensorHook",
     "NanLossDuringTrainingError",
     "NanTensorHook",
