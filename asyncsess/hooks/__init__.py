@@ -10,6 +10,8 @@
 - `FeedFnHook`: feed from a plain or async function.
 - `GlobalStepWaiterHook`: wait (asynchronously) for a global step.
 - `ProfilerHook`: write Chrome-trace timelines.
+- `ProgressBarHook`: a live progress bar (log lines off a terminal): step, tensors,
+  steps/s, ETA.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ._final_ops import FinalOpsHook as FinalOpsHook
 from ._logging_tensor import LoggingTensorHook as LoggingTensorHook
 from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingError
 from ._nan_tensor import NanTensorHook as NanTensorHook
+from ._progress import ProgressBarHook as ProgressBarHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
 
 __all__: tuple[str, ...] = (
@@ -27,6 +30,7 @@ __all__: tuple[str, ...] = (
     "LoggingTensorHook",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "ProgressBarHook",
     "StopAtStepHook",
 )
 
