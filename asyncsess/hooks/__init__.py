@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from ._feed_fn import FeedFnHook as FeedFnHook
 from ._final_ops import FinalOpsHook as FinalOpsHook
+from ._global_step_waiter import GlobalStepWaiterHook as GlobalStepWaiterHook
 from ._logging_tensor import LoggingTensorHook as LoggingTensorHook
 from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingError
 from ._nan_tensor import NanTensorHook as NanTensorHook
@@ -27,6 +28,7 @@ from ._stop_at_step import StopAtStepHook as StopAtStepHook
 __all__: tuple[str, ...] = (
     "FeedFnHook",
     "FinalOpsHook",
+    "GlobalStepWaiterHook",
     "LoggingTensorHook",
     "NanLossDuringTrainingError",
     "NanTensorHook",
