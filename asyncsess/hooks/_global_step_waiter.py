@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asyncsess.hooks")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 class GlobalStepWaiterHook(SessionRunHook):
     """Delays the first step until the global step reaches ``wait_until_step``.
 
@@ -50,9 +54,7 @@ class GlobalStepWaiterHook(SessionRunHook):
     poll_interval: float = 0.5
 
     def __init__(self, wait_until_step: int) -> None:
-        if isinstance(wait_until_step, bool) or not isinstance(
-            wait_until_step, numbers.Real
-        ):
+        if not _is_number(wait_until_step):
             raise TypeError(
                 "wait_until_step must be an int (a global step). "
                 f"Received: wait_until_step={wait_until_step!r}"
