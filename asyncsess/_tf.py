@@ -43,6 +43,11 @@ SecondOrStepTimer = v1.train.SecondOrStepTimer
 NanLossDuringTrainingError = v1.train.NanLossDuringTrainingError
 FileWriterCache = v1.summary.FileWriterCache
 FULL_TRACE = RunOptions.FULL_TRACE
+# Checkpoint and summary hooks: TF's protos and listener class, so files match TF's.
+Summary = v1.Summary
+SessionLog = v1.SessionLog
+TFCheckpointSaverListener = v1.train.CheckpointSaverListener
+write_graph = tf.io.write_graph
 
 
 def global_step_read(graph: Any = None) -> Any:
@@ -74,6 +79,22 @@ def chrome_trace(step_stats: Any, show_dataflow: bool, show_memory: bool) -> str
     )
 
 
+def meta_graph_def(graph: Any, saver_def: Any) -> Any:
+    """The MetaGraphDef TF's CheckpointSaverHook adds to the event file."""
+    from tensorflow.python.framework import meta_graph
+
+    return meta_graph.create_meta_graph_def(
+        graph_def=graph.as_graph_def(add_shapes=True), saver_def=saver_def
+    )
+
+
+def session_interface() -> type:
+    """TF's abstract session base, which `Saver.save` requires of its session."""
+    from tensorflow.python.client import session
+
+    return session.SessionInterface  # type: ignore[no-any-return]
+
+
 def default_graph() -> Any:
     """The calling thread's default graph (TensorFlow keeps one per thread)."""
     return v1.get_default_graph()
@@ -92,15 +113,21 @@ __all__ = [
     "Scaffold",
     "SecondOrStepTimer",
     "Session",
+    "SessionLog",
     "SessionRunArgs",
     "SessionRunContext",
     "SessionRunValues",
+    "Summary",
+    "TFCheckpointSaverListener",
     "TFSessionCreator",
     "TFSessionRunHook",
     "as_graph_element",
     "default_graph",
     "errors",
     "global_step_read",
+    "meta_graph_def",
+    "session_interface",
     "tf",
     "v1",
+    "write_graph",
 ]

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from ._checkpoint_saver import CheckpointSaverHook as CheckpointSaverHook
+from ._checkpoint_saver import CheckpointSaverListener as CheckpointSaverListener
 from ._feed_fn import FeedFnHook as FeedFnHook
 from ._final_ops import FinalOpsHook as FinalOpsHook
 from ._global_step_waiter import GlobalStepWaiterHook as GlobalStepWaiterHook
@@ -26,6 +28,8 @@ from ._progress import ProgressBarHook as ProgressBarHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
 
 __all__: tuple[str, ...] = (
+    "CheckpointSaverHook",
+    "CheckpointSaverListener",
     "FeedFnHook",
     "FinalOpsHook",
     "GlobalStepWaiterHook",

@@ -1,0 +1,197 @@
+"""The hooks' file helpers: event writers, step estimates, background checkpoints.
+
+Everything here that touches the disk runs on a thread: the session's worker
+thread (through `run_in_session_thread`) or, for background writes, its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .._backend import Completion, current_bridge
+from .._tf import FileWriterCache, session_interface
+from .._worker import run_in_session_thread
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._backend import LoopBridge
+
+logger = logging.getLogger("asyncsess.hooks")
+
+
+def check_every(name: str, value: Any) -> None:
+    """Reject a trigger interval that is not None or a number >= 0, naming it."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number. Received: {name}={value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
+
+
+def check_one_of(names: tuple[str, str], values: tuple[Any, Any]) -> None:
+    """TF's timer rule (exactly one of secs and steps), raised with our names."""
+    received = f"Received: {names[0]}={values[0]!r}, {names[1]}={values[1]!r}"
+    if values[0] is None and values[1] is None:
+        raise ValueError(
+            f"Either {names[0]} or {names[1]} should be provided. {received}"
+        )
+    if values[0] is not None and values[1] is not None:
+        raise ValueError(f"Can not provide both {names[0]} and {names[1]}. {received}")
+    check_every(names[0], values[0])
+    check_every(names[1], values[1])
+
+
+async def open_writer(logdir: Any) -> Any:
+    """TF's cached `FileWriter` for *logdir* (creating it writes an event file)."""
+    return await run_in_session_thread(FileWriterCache.get, logdir)
+
+
+async def flush_writer(writer: Any) -> None:
+    """Flush *writer*'s pending events to disk, off the event loop."""
+    if writer is not None:
+        await run_in_session_thread(writer.flush)
+
+
+class StepEstimate:
+    """Estimates the global step after a run from the value fetched during it.
+
+    The value fetched with a step is read concurrently with the ops that
+    increment it, so it is the step before or after the run. Adding the largest
+    increment seen so far never underestimates the step after the run; hooks
+    confirm with one read only when the estimate says they may trigger.
+    """
+
+    __slots__ = ("_delta", "_last")
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._delta = 1
+
+    def reset(self) -> None:
+        """Forget the history (a new session may start at another step)."""
+        self._last = None
+        self._delta = 1
+
+    def after(self, fetched: int) -> int:
+        """The estimated step after the run in which *fetched* was read."""
+        last, self._last = self._last, fetched
+        if last is not None and fetched - last > self._delta:
+            self._delta = fetched - last
+        return fetched + self._delta
+
+
+def snapshot_tensors(saver: Any, graph: Any) -> list[Any] | None:
+    """The tensors *saver*'s SaveV2 ops write, or None if it cannot be fed.
+
+    Feeding these tensors with values fetched earlier makes the saver write that
+    snapshot, whatever the variables hold by then.
+    """
+    saver_def = getattr(saver, "saver_def", None)
+    if saver_def is None or not saver_def.save_tensor_name:
+        return None
+    stack = [graph.as_graph_element(saver_def.save_tensor_name).op]
+    seen: set[str] = set()
+    tensors: list[Any] = []
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type in ("Save", "SaveSlices"):
+            return None  # the deprecated V1 format: saved synchronously
+        if op.type == "SaveV2":
+            tensors.extend(t for t in op.inputs[3:] if t not in tensors)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    if not tensors or not all(graph.is_feedable(t) for t in tensors):
+        return None
+    return tensors
+
+
+def _feeding_session(session: Any, feeds: dict[Any, Any]) -> Any:
+    """A session for `Saver.save` whose runs also feed *feeds*."""
+
+    class FeedingSession(session_interface()):  # type: ignore[misc]
+        graph = session.graph
+        sess_str = session.sess_str
+
+        def run(
+            self,
+            fetches: Any,
+            feed_dict: Any = None,
+            options: Any = None,
+            run_metadata: Any = None,
+        ) -> Any:
+            return session.run(
+                fetches, {**feeds, **(feed_dict or {})}, options, run_metadata
+            )
+
+    return FeedingSession()
+
+
+class BackgroundWrite:
+    """One checkpoint written from a snapshot on its own thread.
+
+    `Saver.save` updates the ``checkpoint`` state file only after the data and
+    index files are complete, so `tf.train.latest_checkpoint` never sees a
+    partial checkpoint.
+    """
+
+    def __init__(self, step: int, write: Callable[[], Any]) -> None:
+        self.step = step
+        self._bridge: LoopBridge = current_bridge()
+        self._completion = Completion()
+        self._thread = threading.Thread(
+            target=self._main,
+            args=(write,),
+            name=f"asyncsess-checkpoint-{step}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _main(self, write: Callable[[], Any]) -> None:
+        completion = self._completion
+        try:
+            completion.value = write()
+        except BaseException as exc:
+            completion.error = exc
+        self._bridge.post(self._bridge.deliver, completion)
+
+    @property
+    def done(self) -> bool:
+        """Whether the write finished (read on the event loop)."""
+        return self._completion.done
+
+    async def wait(self) -> Any:
+        """Wait for the write; return the checkpoint path or raise its error.
+
+        Cancellation: returns at once; the write goes on on its thread.
+        """
+        await self._bridge.wait(self._completion)
+        return self._completion.result()
+
+
+def start_background_write(
+    session: Any,
+    step: int,
+    snapshot: dict[Any, Any],
+    save: Callable[[Any], Any],
+) -> BackgroundWrite:
+    """Start writing *snapshot* (tensor → value) as the checkpoint of *step*.
+
+    ``save(feeding_session)`` runs on the write's thread inside the session's
+    graph and does the actual `Saver.save`.
+    """
+    feeding = _feeding_session(session, snapshot)
+    graph = session.graph
+
+    def write() -> Any:
+        with graph.as_default():
+            return save(feeding)
+
+    return BackgroundWrite(step, write)
