@@ -9,6 +9,7 @@ creation, ``_recovery`` retries); ``asyncsess.hooks`` holds the standard hooks.
 from __future__ import annotations
 
 from . import hooks as hooks
+from ._async_queue_runner import AsyncQueueRunner as AsyncQueueRunner
 from ._creators import ChiefSessionCreator as ChiefSessionCreator
 from ._creators import SessionCreator as SessionCreator
 from ._creators import WorkerSessionCreator as WorkerSessionCreator
@@ -27,6 +28,7 @@ from ._version import __version__ as __version__
 from ._worker import run_in_session_thread as run_in_session_thread
 
 __all__ = (
+    "AsyncQueueRunner",
     "ChiefSessionCreator",
     "MonitoredSession",
     "RecoveryPolicy",

@@ -313,6 +313,8 @@ class MonitoredSession:
     async def _shutdown(self, exc: BaseException | None) -> None:
         """Stop the coordinator and queue runners, close the TF session and thread."""
         coord_error = await self._release_tf_session()
+        if self._runners is not None:
+            await self._runners.close()  # async sources shared across TF sessions
         worker = self._worker
         if worker is not None:
             last = worker.submit(lambda: None)
@@ -937,12 +939,16 @@ def _raise_coordinator_error(coord: Any) -> None:
 
 
 def _coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
-    """TF's rule: a preemption held by the coordinator is the root cause of *exc*."""
+    """TF's rule: a preemption held by the coordinator is the root cause of *exc*.
+
+    So is any error it holds when the step hit end of input: the coordinator's
+    stop closed the queues (tests/test_queues.py, source errors).
+    """
     if coord is None or is_preemption(exc):
         return exc
     try:
         coord.raise_requested_exception()
     except Exception as held:
-        if is_preemption(held):
+        if is_preemption(held) or isinstance(exc, OutOfRangeError):
             return held
     return exc
