@@ -31,7 +31,10 @@ class ProgressBarHook(SessionRunHook):
 
     On a terminal (when ``stream`` is a TTY and `rich` is installed) a live
     progress bar; otherwise plain INFO lines on the ``asyncsess.hooks`` logger,
-    at most one per ``log_every_secs`` plus a last one when the session ends::
+    at most one per ``log_every_secs`` plus a last one when the session ends.
+    The step shown is the global step each step reads, plus one, as TensorFlow's
+    hooks count; build the model under that read (as Estimator does) to make it
+    exact::
 
         hooks = [asyncsess.hooks.ProgressBarHook(last_step=1000,
                                                  tensors={"loss": loss})]
