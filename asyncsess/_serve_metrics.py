@@ -1,0 +1,151 @@
+"""The web service's measurements: Prometheus metrics, device-step timing, step rate."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from ._tf import TFSessionRunHook
+
+# From a fast CPU step (~0.1 ms) to a slow accelerator step or a checkpoint (10 s).
+STEP_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+LAG_BUCKETS = (1e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own.
+
+    A registry per app (not prometheus_client's global one) lets several apps
+    live in one process, as tests and embedding applications need.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.steps = Counter(
+            "asyncsess_steps", "Training steps run by this process.", registry=r
+        )
+        self.global_step = Gauge(
+            "asyncsess_global_step", "The model's global step.", registry=r
+        )
+        self.loss = Gauge(
+            "asyncsess_loss", "Loss of the last training step.", registry=r
+        )
+        self.steps_per_sec = Gauge(
+            "asyncsess_steps_per_second", "Recent training step rate.", registry=r
+        )
+        self.running = Gauge(
+            "asyncsess_training_running", "1 while the training loop runs.", registry=r
+        )
+        self.step_time = Histogram(
+            "asyncsess_step_seconds",
+            "Wall time of one MonitoredSession.run(), hooks included.",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.device_time = Histogram(
+            "asyncsess_device_step_seconds",
+            "Time of one step inside tf.Session.run on the worker thread.",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.hook_time = Histogram(
+            "asyncsess_hook_seconds",
+            "Time of one step outside the device step: hooks' before_run and "
+            "after_run, merging and hand-offs.",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "asyncsess_event_loop_lag_seconds",
+            "How late the event loop woke a sleeping task (a blocked loop shows here).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "asyncsess_predict_rows", "Rows answered by POST /predict.", registry=r
+        )
+        self.rejected = Counter(
+            "asyncsess_rejected_requests",
+            "Requests refused with a 4xx status, by status.",
+            ["status"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class DeviceClock:
+    """Times the device step through two TensorFlow (synchronous) hooks.
+
+    TF hooks' ``before_run``/``after_run`` run on the session's worker thread right
+    around ``tf.Session.run``: `start` placed last among the hooks and `stop`
+    first bracket the device step, whatever the other hooks do.
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        #: Seconds the last device step took (0.0 before the first).
+        self.last = 0.0
+        self.start = _ClockHook(self, "start")
+        self.stop = _ClockHook(self, "stop")
+
+    def mark(self, which: str) -> None:
+        now = time.perf_counter()
+        if which == "start":
+            self._started = now
+        else:
+            self.last = now - self._started
+
+
+class _ClockHook(TFSessionRunHook):  # type: ignore[misc]
+    def __init__(self, clock: DeviceClock, which: str) -> None:
+        self._clock, self._which = clock, which
+
+    def before_run(self, run_context: Any) -> None:
+        if self._which == "start":
+            self._clock.mark("start")
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
+        if self._which == "stop":
+            self._clock.mark("stop")
+
+
+class StepRate:
+    """Steps per second over the last few seconds of training."""
+
+    def __init__(self, window_secs: float = 3.0) -> None:
+        self._window = window_secs
+        self._marks: deque[tuple[float, int]] = deque()
+
+    def add(self, step: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._marks.append((now, step))
+        while len(self._marks) > 2 and now - self._marks[1][0] > self._window:
+            self._marks.popleft()
+
+    def rate(self) -> float:
+        if len(self._marks) < 2:
+            return 0.0
+        (t0, s0), (t1, s1) = self._marks[0], self._marks[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def clear(self) -> None:
+        self._marks.clear()
+
+
+def finite_or_none(value: float) -> float | None:
+    """*value*, or None if it is NaN or infinite (JSON has no such numbers)."""
+    return value if math.isfinite(value) else None
