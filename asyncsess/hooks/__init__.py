@@ -24,6 +24,7 @@ from ._global_step_waiter import GlobalStepWaiterHook as GlobalStepWaiterHook
 from ._logging_tensor import LoggingTensorHook as LoggingTensorHook
 from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingError
 from ._nan_tensor import NanTensorHook as NanTensorHook
+from ._profiler import ProfilerHook as ProfilerHook
 from ._progress import ProgressBarHook as ProgressBarHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
 
@@ -36,6 +37,7 @@ __all__: tuple[str, ...] = (
     "LoggingTensorHook",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "ProfilerHook",
     "ProgressBarHook",
     "StopAtStepHook",
 )
