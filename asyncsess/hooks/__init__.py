@@ -26,7 +26,9 @@ from ._nan_tensor import NanLossDuringTrainingError as NanLossDuringTrainingErro
 from ._nan_tensor import NanTensorHook as NanTensorHook
 from ._profiler import ProfilerHook as ProfilerHook
 from ._progress import ProgressBarHook as ProgressBarHook
+from ._step_counter import StepCounterHook as StepCounterHook
 from ._stop_at_step import StopAtStepHook as StopAtStepHook
+from ._summary_saver import SummarySaverHook as SummarySaverHook
 
 __all__: tuple[str, ...] = (
     "CheckpointSaverHook",
@@ -39,7 +41,9 @@ __all__: tuple[str, ...] = (
     "NanTensorHook",
     "ProfilerHook",
     "ProgressBarHook",
+    "StepCounterHook",
     "StopAtStepHook",
+    "SummarySaverHook",
 )
 
 
