@@ -7,6 +7,7 @@ import threading
 import types
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 import tensorflow as tf
 from tensorflow.python.training import basic_session_run_hooks
@@ -158,6 +159,21 @@ async def test_flushed_when_an_error_ends_the_session(
             await sess.run(inc)
             await sess.run(inc)
             raise KeyError("boom")
+    assert run_metadata_tags(tmp_path) == ["step_2"]
+
+
+async def test_flushed_when_a_cancellation_ends_the_session(
+    model: Model, tmp_path: Path
+) -> None:
+    hook = ProfilerHook(save_steps=1, output_dir=str(tmp_path))
+    inc = ordered_inc(model)
+    with anyio.fail_after(30), anyio.CancelScope() as scope:
+        async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+            await sess.run(inc)
+            await sess.run(inc)
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
     assert run_metadata_tags(tmp_path) == ["step_2"]
 
 
