@@ -337,6 +337,8 @@ class MonitoredSession:
     async def _release_tf_session(self) -> BaseException | None:
         """Join the queue runners and close the TF session; return the coord's error."""
         sess, runners = self._tf_sess, self._runners
+        if sess is not None and self._worker is not None and self._worker.stuck:
+            await self._interrupt_stuck_step(sess)
         self._coord, self._tf_sess = None, None
         error: BaseException | None = None
         if runners is not None:
@@ -786,7 +788,12 @@ class MonitoredSession:
         return completion.result()
 
     async def _settle_cancelled_step(self, completion: Completion) -> None:
-        """A step's caller was cancelled: let it finish briefly, else interrupt it."""
+        """A step's caller was cancelled: let it finish briefly, else abandon it.
+
+        An abandoned step keeps running on the worker thread (TF cannot stop it)
+        and its outcome is dropped; the next step queues behind it, and closing the
+        session interrupts it. Pinned by tests/test_cancellation.py.
+        """
         bridge, worker = self._bridge, self._worker
         assert bridge is not None
         assert worker is not None
@@ -796,26 +803,26 @@ class MonitoredSession:
             completion.error = None  # the caller is gone; its outcome is dropped
             return
         worker.abandon(completion)
-        sess = self._tf_sess
         logger.warning(
-            "A step was cancelled while blocked inside TensorFlow for more than "
-            "%.2fs; closing the TF session to interrupt it. The step's effects are "
-            "unknown and this session can only be closed now.",
+            "A cancelled step is still running inside TensorFlow after %.2fs; its "
+            "result is dropped and its effects are unknown. The next step waits for "
+            "it; closing the session interrupts it.",
             self.step_cancel_grace,
         )
-        self._broken = (
-            "The TF session was closed to interrupt a step blocked inside "
-            "TensorFlow when its caller was cancelled; close this session and open "
-            "a new one."
-        )
-        if self._stop is None:
-            self._stop = StopReason("cancelled", "A blocked step was cancelled.")
-        self._tf_sess = None
-        if sess is not None:
-            # Session.close() cancels the steps running in it; it does not wait.
-            await anyio.to_thread.run_sync(sess.close, abandon_on_cancel=True)
-        with anyio.move_on_after(self._grace):
-            await bridge.wait(completion)
+
+    async def _interrupt_stuck_step(self, sess: Any) -> None:
+        """Close the TF session to interrupt an abandoned step, and wait for it."""
+        worker = self._worker
+        assert worker is not None
+        if self._coord is not None:
+            # Stop the queue runners first, so the interrupted enqueues they see are
+            # not reported as errors.
+            self._coord.request_stop()
+        logger.info("Closing the TF session to interrupt an abandoned step.")
+        # Session.close() cancels the steps running in it; it does not wait.
+        await anyio.to_thread.run_sync(sess.close, abandon_on_cancel=True)
+        # A no-op job runs once the abandoned one has returned.
+        await self._wait_bounded(worker.submit(_nothing))
 
     # -- step functions -----------------------------------------------------------
 
@@ -952,3 +959,7 @@ def _coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
         if is_preemption(held) or isinstance(exc, OutOfRangeError):
             return held
     return exc
+
+
+def _nothing() -> None:
+    """A no-op job: its completion marks that earlier jobs have returned."""

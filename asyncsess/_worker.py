@@ -37,6 +37,8 @@ class WorkerThread:
         self._graph = graph
         self._bridge = bridge
         self._jobs: SimpleQueue[Any] = SimpleQueue()
+        #: Abandoned jobs still running (a cancelled step blocked inside TF).
+        self._stuck: set[Completion] = set()
         self.name = name or f"asyncsess-worker-{next(_ids)}"
         self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self._thread.start()
@@ -55,6 +57,7 @@ class WorkerThread:
                 except BaseException as exc:
                     completion.error = exc
                 if completion.abandoned:
+                    self._stuck.discard(completion)
                     _close_abandoned(completion)
                 else:
                     post(deliver, completion)
@@ -64,6 +67,7 @@ class WorkerThread:
         # the thread looked at `abandoned`: then close what it produced here.
         if completion.abandoned:
             completion.done = True
+            self._stuck.discard(completion)
             self.abandon(completion)
         else:
             self._bridge.deliver(completion)
@@ -81,6 +85,13 @@ class WorkerThread:
         caller is not cancelled; a cancelled caller returns at once while the job
         finishes on the thread. Use `WorkerThread.submit` and `wait` to decide.
         """
+        if self._stuck:
+            # The thread is held by an abandoned job (a cancelled step blocked in
+            # TF): run this one beside it. TF sessions are thread-safe, so a hook
+            # can still save or flush (tests/test_cancellation.py).
+            return await anyio.to_thread.run_sync(
+                self._in_graph, fn, args, abandon_on_cancel=True
+            )
         completion = self.submit(fn, *args)
         try:
             await self._bridge.wait(completion)
@@ -89,8 +100,19 @@ class WorkerThread:
             raise
         return completion.result()
 
+    def _in_graph(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        with self._graph.as_default():
+            return fn(*args)
+
+    @property
+    def stuck(self) -> bool:
+        """Whether an abandoned job still holds the thread."""
+        return bool(self._stuck)
+
     def abandon(self, completion: Completion) -> None:
         """Nobody will read *completion*: close a TF session it produces."""
+        if not completion.done and not completion.abandoned:
+            self._stuck.add(completion)
         completion.abandoned = True
         if completion.done and isinstance(completion.value, Session):
             self.submit(_close_quietly, completion.value)
