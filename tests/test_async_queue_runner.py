@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -358,3 +360,21 @@ class TestStop:
             latest = tf.train.latest_checkpoint(str(tmp_path))
             assert latest is not None
             assert latest.endswith("-6")
+
+
+class TestExample:
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncio streams
+    async def test_async_pipeline_example(self, tmp_path: Any) -> None:
+        path = Path(__file__).parent.parent / "examples" / "async_pipeline.py"
+        spec = importlib.util.spec_from_file_location("async_pipeline", path)
+        assert spec is not None
+        assert spec.loader is not None
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        with anyio.fail_after(60):
+            summary = await example.main(records=640, logdir=str(tmp_path))
+        assert summary["examples"] == 640  # every record trained on, in 20 steps
+        assert summary["final_loss"] < summary["first_loss"]
+        assert summary["checkpoint"].endswith("model.ckpt-20")
+        assert summary["stop_reason"] == "End of input (OutOfRangeError)."
+        assert_no_runner_threads()
