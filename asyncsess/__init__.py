@@ -24,6 +24,8 @@ from ._tf import Scaffold as Scaffold
 from ._tf import SessionRunArgs as SessionRunArgs
 from ._tf import SessionRunContext as SessionRunContext
 from ._tf import SessionRunValues as SessionRunValues
+from ._training import USE_DEFAULT as USE_DEFAULT
+from ._training import MonitoredTrainingSession as MonitoredTrainingSession
 from ._version import __version__ as __version__
 from ._worker import run_in_session_thread as run_in_session_thread
 
@@ -31,6 +33,7 @@ __all__ = (
     "AsyncQueueRunner",
     "ChiefSessionCreator",
     "MonitoredSession",
+    "MonitoredTrainingSession",
     "RecoveryPolicy",
     "Scaffold",
     "SessionCreator",
@@ -41,6 +44,7 @@ __all__ = (
     "SingularMonitoredSession",
     "StepContext",
     "StopReason",
+    "USE_DEFAULT",
     "WorkerSessionCreator",
     "hooks",
     "run_in_session_thread",
