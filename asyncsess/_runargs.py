@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._hook import describe, hook_name
-from ._tf import RunMetadata, RunOptions, SessionRunArgs
+from ._tf import RunMetadata, RunOptions, Session, SessionRunArgs, tf
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -153,3 +153,119 @@ def _merge_feeds(user: Any, hook_feeds: dict[Any, Any], feeders: list[str]) -> A
     )
     hook_feeds.update(user)
     return hook_feeds
+
+
+# -- a faster Session.run for repeated fetches ----------------------------------------
+
+#: Fetch leaves a cached callable may key by identity: immutable graph objects
+#: (and names, keyed by value). Anything else is run through `Session.run`.
+_LEAVES = (tf.Tensor, tf.Operation, tf.SparseTensor, tf.IndexedSlices, tf.Variable)
+
+
+def fetch_key(fetches: Any) -> Any:
+    """A hashable key naming *fetches*' structure and leaves, or None to not cache.
+
+    Containers are keyed by type and content (so a list rebuilt each step hits
+    and a list mutated in place misses); graph elements by identity, names by
+    value. Only structures `Session.run` maps deterministically are keyed.
+    """
+    kind = type(fetches)
+    if kind is list or kind is tuple or (
+        isinstance(fetches, tuple) and hasattr(kind, "_fields")  # a namedtuple
+    ):
+        keys = []
+        for item in fetches:
+            key = fetch_key(item)
+            if key is None:
+                return None
+            keys.append(key)
+        return (kind, *keys)
+    if kind is dict:
+        items: list[Any] = [kind]
+        for name, item in fetches.items():
+            key = fetch_key(item)
+            if key is None:
+                return None
+            items += (type(name), name, key)
+        return tuple(items)
+    if kind is str:
+        return fetches
+    if isinstance(fetches, _LEAVES):
+        return id(fetches)
+    return None
+
+
+def _leaves(fetches: Any) -> list[Any]:
+    """Every leaf of *fetches* (keeping them alive keeps their ids unique)."""
+    if isinstance(fetches, (list, tuple)):
+        return [leaf for item in fetches for leaf in _leaves(item)]
+    if isinstance(fetches, dict):
+        return [leaf for item in fetches.values() for leaf in _leaves(item)]
+    return [fetches]
+
+
+def _callables_allowed(sess: Any) -> bool:
+    """Whether *sess* is a plain TF session whose run() we may shortcut."""
+    kind = type(sess)
+    return (
+        isinstance(sess, Session)
+        and kind.run is Session.run
+        and kind.make_callable is Session.make_callable
+        and callable(getattr(sess, "_do_call", None))
+    )
+
+
+class RunCache:
+    """`Session.run` with its per-call Python work done once per fetch structure.
+
+    ``Session.run`` rebuilds its fetch handler on every call, which costs more
+    than a trivial device step. When nothing is fed and no ``RunOptions`` or
+    ``RunMetadata`` are given, a `Session.make_callable` built on the first call
+    with a fetch structure is reused, called through the session's own error
+    translation, so results and errors are those of ``Session.run``. Everything
+    else goes to ``Session.run``. One cache per TF session; worker thread only.
+    """
+
+    __slots__ = ("_allowed", "_callables", "_sess")
+
+    #: Fetch structures kept per session; past that the cache starts over.
+    max_entries = 64
+
+    def __init__(self) -> None:
+        self._sess: Any = None
+        self._allowed = False
+        self._callables: dict[Any, tuple[Any, list[Any]]] = {}
+
+    def run(
+        self,
+        sess: Any,
+        fetches: Any,
+        feed_dict: Any = None,
+        options: Any = None,
+        run_metadata: Any = None,
+    ) -> Any:
+        """``sess.run(fetches, feed_dict, options, run_metadata)``, faster if it can."""
+        if sess is not self._sess:
+            self._sess, self._callables = sess, {}
+            self._allowed = _callables_allowed(sess)
+        if (
+            feed_dict
+            or options is not None
+            or run_metadata is not None
+            or not self._allowed
+            or sess._closed
+        ):
+            return sess.run(fetches, feed_dict, options, run_metadata)
+        key = fetch_key(fetches)
+        entry = self._callables.get(key) if key is not None else None
+        if entry is None:
+            if key is None or not _leaves(fetches):
+                return sess.run(fetches)
+            try:
+                fn = sess.make_callable(fetches)
+            except Exception:  # Session.run raises it with TF's exact wording
+                return sess.run(fetches)
+            if len(self._callables) >= self.max_entries:
+                self._callables.clear()
+            entry = self._callables[key] = (fn, _leaves(fetches))
+        return sess._do_call(entry[0])
