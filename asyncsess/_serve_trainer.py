@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import sys
 import time
 from collections import deque
 from contextlib import asynccontextmanager
@@ -14,10 +15,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._demo import SyntheticData, build_model
+from ._exceptions import collapse
 from ._serve_metrics import DeviceClock, Metrics, StepRate, finite_or_none
 from ._session import MonitoredSession, SingularMonitoredSession
 from ._tf import v1
 from .hooks import StopAtStepHook
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -106,14 +111,21 @@ class Trainer:
         closes without the hooks' ``end`` (no final checkpoint).
         """
         self._closing = closing = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            await tg.start(self._serve_model)
-            tg.start_soon(self._watch_loop, closing)
-            try:
-                yield self
-            finally:
-                self.request_stop()
-                closing.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._serve_model)
+                tg.start_soon(self._watch_loop, closing)
+                try:
+                    yield self
+                finally:
+                    self.request_stop()
+                    closing.set()
+        except BaseExceptionGroup as group:
+            # Errors keep their own type: our task group is an implementation detail.
+            error = collapse(group)
+            if error is group:
+                raise
+            raise error from None
 
     def request_stop(self) -> None:
         """End training after the current step (idempotent; any task may call it)."""
@@ -124,6 +136,7 @@ class Trainer:
     async def _serve_model(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        await self._check_checkpoint()
         started = False
         try:
             async with self._training_session() as sess:
@@ -142,6 +155,16 @@ class Trainer:
         assert self._closing is not None
         if not self._closing.is_set():
             await self._serve_checkpoint(self._closing)
+
+    async def _check_checkpoint(self) -> None:
+        """Refuse a checkpoint of another input size, with a message that says so."""
+        logdir, wanted = self.config.logdir, self.config.input_dim
+        shape = await anyio.to_thread.run_sync(_checkpoint_input_dim, logdir)
+        if shape is not None and shape != wanted:
+            raise ValueError(
+                f"The checkpoint in {logdir!r} is of a model with input_dim={shape}, "
+                f"not {wanted}; use that input_dim or another log directory."
+            )
 
     def _training_session(self) -> MonitoredSession:
         config, clock = self.config, self.clock
@@ -307,6 +330,16 @@ class Trainer:
             "The model is not being served right now (the service is starting or "
             "shutting down, or no checkpoint was written); retry later."
         )
+
+
+def _checkpoint_input_dim(logdir: str) -> int | None:
+    """The demo model's input size in *logdir*'s last checkpoint, if there is one."""
+    path = v1.train.latest_checkpoint(logdir)
+    if path is None:
+        return None
+    shapes = dict(v1.train.list_variables(path))
+    weights = shapes.get("weights")
+    return int(weights[0]) if weights else None
 
 
 def _monitored_training_session(**kwargs: Any) -> MonitoredSession:
