@@ -188,6 +188,8 @@ class CheckpointSaverHook(SessionRunHook):
 
     async def after_create_session(self, session: Any, coord: Any) -> None:
         self._estimate.reset()
+        # After a recovery, a write still using the closed session may have failed.
+        await self._finish_write_quietly(session)
         step = await run_in_session_thread(self._write_graphs, session)
         # The checkpoint saved here is the state at step "global_step".
         await self._save(session, step, background=self._background_write)

@@ -16,10 +16,10 @@ from tensorflow.python.training import basic_session_run_hooks
 import asyncsess
 from asyncsess.hooks import CheckpointSaverHook, CheckpointSaverListener
 
+from ..conftest import Model
+
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from ..conftest import Model
 
 v1 = tf.compat.v1
 pytestmark = pytest.mark.anyio
@@ -222,6 +222,35 @@ async def test_steps_larger_than_one_per_run(tmp_path: Path) -> None:
                 seen.append(latest_step(tmp_path))
     assert seen == [0, 10, 10, 20, 20]
     assert latest_step(tmp_path) == 25
+
+
+async def tf_saved_steps(directory: Path, save_steps: int, runs: int) -> list[int]:
+    """The steps TF's own hook saves at, on the conftest Model, for comparison."""
+
+    def train() -> None:
+        with Model() as model:
+            hook = v1.train.CheckpointSaverHook(str(directory), save_steps=save_steps)
+            with v1.train.SingularMonitoredSession(hooks=[hook]) as sess:
+                for _ in range(runs):
+                    sess.run(model.train_op, {model.x: 1.0})
+
+    await anyio.to_thread.run_sync(train)
+    return kept_steps(directory)
+
+
+@pytest.mark.parametrize("save_steps", [1, 3, 4])
+async def test_save_steps_parity_with_tf(
+    model: Model, tmp_path: Path, save_steps: int
+) -> None:
+    # conftest's train_op reads the step concurrently with its increment, so the
+    # fetched step is sometimes the one before the run, sometimes the one after:
+    # the saves must still land on TF's steps (TF re-reads the step every run).
+    hook = CheckpointSaverHook(str(tmp_path / "ours"), save_steps=save_steps)
+    async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+        for _ in range(9):
+            await sess.run(model.train_op, {model.x: 1.0})
+    expected = await tf_saved_steps(tmp_path / "tf", save_steps, 9)
+    assert kept_steps(tmp_path / "ours") == expected
 
 
 async def test_save_secs_saves_periodically(

@@ -8,6 +8,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 import tensorflow as tf
 from tensorflow.python.training import basic_session_run_hooks
@@ -222,3 +223,16 @@ async def test_flushes_when_an_error_ends_the_session(g: Graph, tmp_path: Path) 
             await sess.run(g.train_op)
             raise Boom
     assert event_pairs(tmp_path) == [("my_summary", 1), ("my_summary", 2)]
+
+
+async def test_flushes_when_cancelled(g: Graph, tmp_path: Path) -> None:
+    hook = SummarySaverHook(
+        save_steps=1, output_dir=str(tmp_path), summary_op=g.summary_op
+    )
+    with anyio.fail_after(30), anyio.CancelScope() as scope:
+        async with asyncsess.MonitoredSession(hooks=[hook]) as sess:
+            await sess.run(g.train_op)
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert event_pairs(tmp_path) == [("my_summary", 1)]
