@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import sys
@@ -19,6 +18,7 @@ from ._exceptions import collapse
 from ._serve_metrics import DeviceClock, Metrics, StepRate, finite_or_none
 from ._session import MonitoredSession, SingularMonitoredSession
 from ._tf import v1
+from ._training import MonitoredTrainingSession
 from .hooks import StopAtStepHook
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -174,7 +174,7 @@ class Trainer:
         # The clock's start hook is the last hook, its stop hook the first
         # (chief-only hooks come first): together they bracket the device step.
         with self.model.graph.as_default():
-            session = _monitored_training_session(
+            session = MonitoredTrainingSession(
                 checkpoint_dir=config.logdir,
                 hooks=[*hooks, clock.start],
                 chief_only_hooks=[clock.stop],
@@ -340,38 +340,3 @@ def _checkpoint_input_dim(logdir: str) -> int | None:
     shapes = dict(v1.train.list_variables(path))
     weights = shapes.get("weights")
     return int(weights[0]) if weights else None
-
-
-def _monitored_training_session(**kwargs: Any) -> MonitoredSession:
-    """`asyncsess.MonitoredTrainingSession`, or TF's standard hooks until it lands."""
-    try:
-        factory = importlib.import_module(
-            "asyncsess._training"
-        ).MonitoredTrainingSession
-    except (ImportError, AttributeError):
-        return _tf_training_session(**kwargs)
-    return factory(**kwargs)  # type: ignore[no-any-return]
-
-
-def _tf_training_session(
-    *,
-    checkpoint_dir: str,
-    hooks: list[Any],
-    chief_only_hooks: list[Any],
-    save_checkpoint_secs: float,
-    save_summaries_steps: int,
-) -> MonitoredSession:
-    scaffold = v1.train.Scaffold()
-    standard = [
-        v1.train.StepCounterHook(100, output_dir=checkpoint_dir),
-        v1.train.SummarySaverHook(
-            save_steps=save_summaries_steps,
-            output_dir=checkpoint_dir,
-            scaffold=scaffold,
-        ),
-        v1.train.CheckpointSaverHook(
-            checkpoint_dir, save_secs=save_checkpoint_secs, scaffold=scaffold
-        ),
-    ]
-    creator = v1.train.ChiefSessionCreator(scaffold, checkpoint_dir=checkpoint_dir)
-    return MonitoredSession(creator, [*chief_only_hooks, *standard, *hooks])
