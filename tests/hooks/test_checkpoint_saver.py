@@ -520,3 +520,15 @@ async def test_background_write_failure_raises_at_next_step(
             await sess.run(model.inc)  # the write of step 2 fails ...
             await sess.run(model.inc)  # ... and raises here
     assert kept_steps(tmp_path) == [0, 1]
+
+
+async def test_background_write_with_the_scaffolds_sharded_saver(
+    model: Model, tmp_path: Path
+) -> None:
+    hook = CheckpointSaverHook(str(tmp_path), save_steps=2, background_write=True)
+    async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+        for _ in range(3):
+            await sess.run(model.inc)
+        assert hook._snapshot is not None  # fed from a snapshot, not synchronous
+    assert kept_steps(tmp_path) == [0, 2, 3]
+    assert latest_step(tmp_path) == 3
