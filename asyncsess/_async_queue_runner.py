@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 
-from ._tf import errors, tf, v1
+from ._tf import CallableOptions, errors, tf, v1
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable
 
+    from ._backend import Completion, LoopBridge
     from ._worker import WorkerThread
 
 logger = logging.getLogger("asyncsess")
@@ -33,8 +34,9 @@ class AsyncQueueRunner:
     there. Every asyncsess session over that graph starts it after creating its TF
     session and again after each recovery. Each item pulled from ``source`` is
     enqueued by a blocking session run on the runner's own thread, awaited without
-    blocking the event loop, and the next item is pulled only once the queue took
-    it: a full queue suspends the source (backpressure).
+    blocking the event loop. The next item is pulled (and checked) while that
+    enqueue runs, and handed over only once it ended: a full queue suspends the
+    source with at most one item pulled ahead (backpressure).
 
     An exhausted source closes the queue: consumers drain it, then get
     ``OutOfRangeError``, which ends ``async with`` cleanly. An exception raised by
@@ -86,7 +88,8 @@ class AsyncQueueRunner:
         self._dtypes = list(queue.dtypes)
         self._names: list[str] | None = queue.names
         self._shapes = [_element_shape(s, self._many) for s in queue.shapes]
-        self._np_dtypes = [d.as_numpy_dtype for d in self._dtypes]
+        self._np_dtypes = [np.dtype(d.as_numpy_dtype) for d in self._dtypes]
+        self._dims = [_dims(s) for s in self._shapes]
         graph = queue.queue_ref.graph
         with graph.as_default(), v1.name_scope(f"{_base(queue.name)}_async_runner"):
             self._placeholders = [
@@ -114,39 +117,71 @@ class AsyncQueueRunner:
 
     # -- run by QueueRunners for each TF session ---------------------------------
 
-    async def _run(self, sess: Any, coord: Any, thread: WorkerThread) -> None:
+    async def _run(
+        self, sess: Any, coord: Any, thread: WorkerThread, bridge: LoopBridge
+    ) -> None:
         """Pull and enqueue until the source ends, an error, or a stop request.
 
-        Called by the session; never raises (errors go to *coord*).
+        Called by the session; never raises (errors go to *coord*). Item k+1 is
+        pulled and checked while item k is being enqueued on the thread, and not
+        handed over before that enqueue ended: one item of look-ahead at most.
         """
         iterator, owned = self._open()
         index = 0 if owned else self._pulled
+        in_flight: Completion | None = None
         try:
+            enqueue = await thread.call(self._callable, sess)
             while not coord.should_stop():
                 try:
                     item = await iterator.__anext__()
                 except StopAsyncIteration:
-                    await self._close_queue(sess, coord, thread)
+                    if in_flight is not None:
+                        await self._settle(sess, bridge, in_flight, index - 1)
+                        in_flight = None
+                    await self._close_queue(sess, thread)
                     return
                 if not owned:
                     self._pulled += 1
                 values = self._components(item, index)
-                feed = dict(zip(self._placeholders, values, strict=True))
-                await self._enqueue(sess, coord, thread, feed, index)
+                if in_flight is not None:
+                    await self._settle(sess, bridge, in_flight, index - 1)
+                in_flight = thread.submit(enqueue, *values)
                 index += 1
         except _Ended:
             pass
         except Exception as exc:
             self._report(coord, exc)
         finally:
+            if in_flight is not None and not in_flight.done:
+                thread.abandon(in_flight)  # the stop's cancel op ends it
             if owned:
                 await _aclose(iterator)
 
-    async def _enqueue(
-        self, sess: Any, coord: Any, thread: WorkerThread, feed: Any, index: int
-    ) -> None:
+    def _callable(self, sess: Any) -> Callable[..., Any]:
+        """The enqueue op as a C++ callable taking the component arrays.
+
+        ``Session.run`` spends most of a small enqueue in Python (feed checks
+        we already did); TensorFlow's MakeCallable runs it directly, as its
+        QueueRunner's cached callable does (benchmarks/bench_input.py).
+        """
+        options = CallableOptions()
+        options.feed.extend(p.name for p in self._placeholders)
+        options.target.append(self.enqueue_op.name)
         try:
-            await thread.call(sess.run, self.enqueue_op, feed)
+            return sess._make_callable_from_options(options)  # type: ignore[no-any-return]
+        except AttributeError:  # pragma: no cover - a session without it
+            placeholders, op = self._placeholders, self.enqueue_op
+            return lambda *values: sess.run(
+                op, dict(zip(placeholders, values, strict=True))
+            )
+
+    async def _settle(
+        self, sess: Any, bridge: LoopBridge, enqueue: Completion, index: int
+    ) -> None:
+        """Wait for the enqueue of item *index*; map its error to the runner's."""
+        try:
+            await bridge.wait(enqueue)
+            enqueue.result()
         except (errors.OutOfRangeError, errors.CancelledError) as exc:
             # The queue was closed (by a stop request, or by someone else as TF's
             # queue-closed exception): the runner ends cleanly.
@@ -161,7 +196,7 @@ class AsyncQueueRunner:
                 exc.node_def, exc.op, f"{self._culprit(index)}: {exc.message}"
             ) from exc
 
-    async def _close_queue(self, sess: Any, coord: Any, thread: WorkerThread) -> None:
+    async def _close_queue(self, sess: Any, thread: WorkerThread) -> None:
         """The source is exhausted: close the queue, keeping its pending elements."""
         logger.debug("AsyncQueueRunner %r: source exhausted; closing its queue.", self)
         try:
@@ -237,25 +272,22 @@ class AsyncQueueRunner:
 
     def _convert(self, value: Any, component: int, index: int) -> Any:
         target = self._np_dtypes[component]
-        array = np.asarray(value)
-        if target is not object and not np.can_cast(
-            array.dtype, target, casting="same_kind"
-        ):
-            raise TypeError(
-                f"{self._culprit(index)}: component {self._label(component)} has "
-                f"dtype {array.dtype}, which does not convert to the queue's "
-                f"{self._dtypes[component].name}."
-            )
-        expected = self._shapes[component]
-        if not expected.is_compatible_with(array.shape) or (
-            self._many and array.ndim == 0
-        ):
+        array = np.asarray(value, dtype=object if target.kind == "O" else None)
+        if array.dtype != target:
+            if not np.can_cast(array.dtype, target, casting="same_kind"):
+                raise TypeError(
+                    f"{self._culprit(index)}: component {self._label(component)} "
+                    f"has dtype {array.dtype}, which does not convert to the "
+                    f"queue's {self._dtypes[component].name}."
+                )
+            array = array.astype(target)
+        if not _fits(array.shape, self._dims[component], self._many):
             raise ValueError(
                 f"{self._culprit(index)}: component {self._label(component)} has "
-                f"shape {array.shape}, expected {expected}"
+                f"shape {array.shape}, expected {self._shapes[component]}"
                 + (" (a batch: enqueue_many=True)." if self._many else ".")
             )
-        return array if target is object else array.astype(target, copy=False)
+        return array
 
     def _label(self, component: int) -> str:
         if self._names is not None:
@@ -272,6 +304,22 @@ def _element_shape(shape: Any, many: bool) -> Any:
     if many:
         return tf.TensorShape([None]).concatenate(shape)
     return shape
+
+
+def _dims(shape: Any) -> tuple[int | None, ...] | None:
+    """A TensorShape as a tuple of ints and Nones, or None for an unknown rank."""
+    return None if shape.rank is None else tuple(shape.as_list())
+
+
+def _fits(
+    shape: tuple[int, ...], dims: tuple[int | None, ...] | None, many: bool
+) -> bool:
+    """Whether an array of *shape* may be fed where *dims* is expected."""
+    if dims is None:
+        return len(shape) > 0 or not many
+    return len(shape) == len(dims) and all(
+        d is None or d == n for d, n in zip(dims, shape, strict=True)
+    )
 
 
 def _base(name: str) -> str:

@@ -91,7 +91,7 @@ class QueueRunners:
         for runner in async_runners:
             self._started[runner] = None
             thread = self._thread(launch, f"asyncsess-queue-runner-{runner.name}")
-            self._task(launch, runner._run, sess, coord, thread)
+            self._task(launch, runner._run, sess, coord, thread, launch.bridge)
 
     def _thread(self, launch: _Launch, name: str) -> WorkerThread:
         thread = WorkerThread(self._graph, launch.bridge, name=name)

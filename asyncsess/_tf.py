@@ -6,6 +6,9 @@ from typing import Any
 
 try:
     import tensorflow as tf
+    from tensorflow.core.protobuf.config_pb2 import (  # Session.make_callable's
+        CallableOptions as CallableOptions,
+    )
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "TensorFlow is not installed. Install it with: "

@@ -186,14 +186,15 @@ class TestFeeding:
             with anyio.fail_after(30):
                 async with asyncsess.MonitoredSession(stop_grace_period_secs=10) as s:
                     for _ in range(3):
-                        # The queue is full and one more item waits in a blocked
-                        # enqueue; the source is suspended until a dequeue.
-                        await source.wait_for(capacity + taken + 1)
-                        assert source.pulled == capacity + taken + 1
+                        # The queue is full, one more item waits in a blocked
+                        # enqueue and one (the look-ahead) waits for that enqueue:
+                        # the source is suspended until a dequeue.
+                        await source.wait_for(capacity + taken + 2)
+                        assert source.pulled == capacity + taken + 2
                         assert await s.run(dequeue) == taken + 1
                         taken += 1
             assert source.closed
-        assert source.pulled <= capacity + taken + 1
+        assert source.pulled <= capacity + taken + 2
         assert_no_runner_threads()
 
 
