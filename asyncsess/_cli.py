@@ -25,8 +25,9 @@ exit status:
   0    finished, or stopped gracefully by SIGINT/SIGTERM (final checkpoint written)
   1    error
   2    bad command line
-  130  a second Ctrl-C stopped it at once (no final checkpoint); a second
-       SIGTERM kills the process (status 143 in a shell)
+  130  Ctrl-C before training started
+A second SIGINT/SIGTERM while stopping kills the process at once, without a
+final checkpoint (a shell reports 130 or 143).
 """
 
 
@@ -175,9 +176,18 @@ def _run_serve(args: argparse.Namespace) -> int:
             "(asyncsess._serve is missing).\n"
         )
         return EXIT_ERROR
-    from . import _serve  # type: ignore[attr-defined, unused-ignore]
+    try:
+        from . import _serve  # type: ignore[attr-defined, unused-ignore]
 
-    status: int = _serve.main(args)
+        status: int = _serve.main(args)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("asyncsess"):
+            raise
+        sys.stderr.write(
+            f"asyncsess serve: {exc.name!r} is not installed; the web service "
+            "needs the serve extra: pip install 'asyncsess[serve]'\n"
+        )
+        return EXIT_ERROR
     return status
 
 

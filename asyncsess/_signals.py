@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from contextlib import asynccontextmanager
@@ -63,12 +64,12 @@ async def stop_on_signals(
         if stop.received: ...  # the signal that stopped it, or None
 
     Entering it before the session (as above) makes a signal that arrives while
-    the session opens or ends a stop request too. After the first signal the
-    handlers are removed, so a second signal has its default effect (Ctrl-C
-    raises `KeyboardInterrupt`, SIGTERM kills the process): a user can always
-    stop a program stuck in a step. Works on asyncio and trio, in the main thread
-    (where Python delivers signals), on platforms where anyio's
-    `anyio.open_signal_receiver` does (not asyncio on Windows).
+    the session opens or ends a stop request too. A second signal during the
+    block has the signal's default effect: the process is terminated at once,
+    without a final checkpoint (status 130 for SIGINT, 143 for SIGTERM in a
+    shell), so a user can always stop a program stuck in a step. Works on asyncio
+    and trio, in the main thread (where Python delivers signals), on platforms
+    where `anyio.open_signal_receiver` does (not asyncio on Windows).
 
     Args:
       target: What to stop: anything with a plain ``request_stop()`` method, such
@@ -107,19 +108,30 @@ async def _watch(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Wait for the first signal, request a stop, then give signals back."""
+    """Request a stop on the first signal; stop the hard way on the next."""
     with anyio.open_signal_receiver(*signals) as received:
         task_status.started()
         async for signum in received:
+            if stop.received is not None:
+                _die(signal.Signals(signum))
             stop.received = signal.Signals(signum)
-            break
-    # Leaving the receiver restored the previous handlers (Python's defaults on
-    # asyncio): the next signal stops the program the hard way
-    # (tests/test_signals.py::TestStopOnSignals::test_second_signal_is_not_caught).
-    assert stop.received is not None
-    logger.warning(
-        "Received %s: stopping after the current step; send it again to stop at "
-        "once (no final checkpoint).",
-        stop.received.name,
-    )
-    target.request_stop()
+            logger.warning(
+                "Received %s: stopping after the current step; send it again to "
+                "stop at once (no final checkpoint).",
+                stop.received.name,
+            )
+            target.request_stop()
+
+
+def _die(signum: signal.Signals) -> None:
+    """The signal's default action (terminate the process), as if never caught.
+
+    Not KeyboardInterrupt: raised into an event loop, it can be swallowed or leave
+    the interpreter waiting for worker threads at exit, and this must always stop
+    (tests/test_signals.py::test_a_second_signal_stops_the_demo_at_once).
+    """
+    logger.warning("Received %s again: stopping at once.", signum.name)
+    for handler in logging.getLogger("asyncsess").handlers:
+        handler.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

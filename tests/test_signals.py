@@ -48,19 +48,6 @@ class TestStopOnSignals:
         assert stop.received is signum
         assert target.calls == 1
 
-    async def test_second_signal_is_not_caught(self) -> None:
-        # The handlers are given back after the first signal, so a second one has
-        # its default effect (SIGTERM would kill this process: only look).
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            pytest.skip("SIGTERM already has a handler in this process")
-        target = Target()
-        async with asyncsess.stop_on_signals(target):
-            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-            os.kill(os.getpid(), signal.SIGTERM)
-            with anyio.fail_after(10):
-                await target.stopped.wait()
-            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-
     async def test_no_signal(self) -> None:
         before = signal.getsignal(signal.SIGTERM)
         target = Target()
@@ -109,10 +96,10 @@ class TestStopOnSignals:
         assert v1.train.latest_checkpoint(str(tmp_path)).endswith("model.ckpt-3")
 
 
-def start_demo(logdir: Path, stderr: Any) -> subprocess.Popen[str]:
+def start_demo(logdir: Path, stderr: Any, *args: str) -> subprocess.Popen[str]:
     argv = ["-m", "asyncsess", "demo", "--steps", "1000000", "--logdir", str(logdir)]
     return subprocess.Popen(
-        [sys.executable, *argv],
+        [sys.executable, *argv, *args],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -147,3 +134,29 @@ def test_demo_stops_gracefully_with_a_final_checkpoint(
     assert line.startswith(f"Stopped by {signum.name} at global step {step}.")
     assert 0 <= step < 1000000
     assert v1.train.latest_checkpoint(str(logdir)).endswith(f"model.ckpt-{step}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_stops_the_demo_at_once(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    # A 3 s async hook keeps the demo inside its last step after the first signal
+    # (the stop waits for it), so the second signal finds it still stopping.
+    proc = start_demo(tmp_path, subprocess.PIPE, "--hooks-latency-ms", "3000")
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline().startswith("Started")
+        proc.send_signal(signum)
+        for line in proc.stderr:
+            if f"Received {signum.name}: stopping after the current step" in line:
+                break
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signum, err
+    assert f"Received {signum.name} again: stopping at once." in err
+    assert "Stopped by" not in out
