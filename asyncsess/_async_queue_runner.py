@@ -242,7 +242,14 @@ class AsyncQueueRunner:
     def _components(self, item: Any, index: int) -> list[Any]:
         """Split *item* into the queue's components, checked and converted."""
         values = self._split(item, index)
-        return [self._convert(v, i, index) for i, v in enumerate(values)]
+        arrays = [self._convert(v, i, index) for i, v in enumerate(values)]
+        if self._many and len({a.shape[0] for a in arrays}) > 1:
+            raise ValueError(
+                f"{self._culprit(index)}: the components' batch sizes differ "
+                f"({', '.join(str(a.shape[0]) for a in arrays)}); with "
+                "enqueue_many=True every component holds the same number of elements."
+            )
+        return arrays
 
     def _split(self, item: Any, index: int) -> list[Any]:
         count = len(self._dtypes)

@@ -82,7 +82,8 @@ class QueueRunners:
         if not tf_runners and not async_runners:
             return
         launch = self._launch = _Launch(sess, coord, current_bridge())
-        cancel_ops = [r.cancel_op for r in [*tf_runners, *async_runners]]
+        runners = [*tf_runners, *async_runners]
+        cancel_ops = [r.cancel_op for r in runners if getattr(r, "cancel_op", None)]
         self._thread(launch, "asyncsess-queue-runners-close-on-stop").submit(
             _close_on_stop, sess, coord, cancel_ops
         )

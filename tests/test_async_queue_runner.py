@@ -246,6 +246,21 @@ class TestErrors:
                 async with asyncsess.MonitoredSession() as sess:
                     await drain(sess, dequeue)
 
+    async def test_batches_of_different_sizes(self) -> None:
+        async def source() -> AsyncIterator[Any]:
+            yield np.zeros((4, 2), np.float32), np.zeros(3, np.int64)
+
+        with tf.Graph().as_default():
+            queue = tf.queue.FIFOQueue(8, [tf.float32, tf.int64], shapes=[[2], []])
+            asyncsess.AsyncQueueRunner(queue, source, enqueue_many=True, name="b")
+            dequeue = queue.dequeue()
+            with (
+                anyio.fail_after(30),
+                pytest.raises(ValueError, match="'b', item 0: the components' batch"),
+            ):
+                async with asyncsess.MonitoredSession() as sess:
+                    await drain(sess, dequeue)
+
     async def test_wrong_component_count(self) -> None:
         async def source() -> AsyncIterator[Any]:
             yield (1.0,)
