@@ -214,7 +214,11 @@ def _setup_logging(verbose: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    if not verbose:  # TF's own deprecation notices are noise for CLI users
+    if not verbose:
+        # The progress lines, warnings and errors; not each hook's INFO chatter
+        # ("Saving checkpoints for ...") nor TF's own deprecation notices.
+        logging.getLogger("asyncsess.hooks").setLevel(logging.WARNING)
+        logging.getLogger("asyncsess.hooks.progress").setLevel(logging.INFO)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 

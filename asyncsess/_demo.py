@@ -13,16 +13,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 import numpy as np
 
-from ._creators import ChiefSessionCreator
 from ._hook import SessionRunHook
-from ._session import MonitoredSession
 from ._signals import stop_on_signals
 from ._tf import global_step_read, tf, v1
+from ._training import MonitoredTrainingSession
 from .hooks._progress import ProgressBarHook
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from ._tf import SessionRunContext, SessionRunValues
 
 
@@ -114,38 +111,8 @@ class LatencyHook(SessionRunHook):
         await anyio.sleep(self.seconds)
 
 
-def tf_training_session(
-    *,
-    checkpoint_dir: str,
-    hooks: Sequence[Any],
-    save_checkpoint_steps: int,
-    save_summaries_steps: int,
-    log_step_count_steps: int,
-) -> MonitoredSession:
-    """`MonitoredTrainingSession`'s chief set-up, built from TensorFlow's own hooks.
-
-    Same keywords as `asyncsess.MonitoredTrainingSession`. Call it inside the
-    model's graph.
-    """
-    scaffold = v1.train.Scaffold()
-    standard = [
-        v1.train.StepCounterHook(log_step_count_steps, output_dir=checkpoint_dir),
-        v1.train.SummarySaverHook(
-            save_steps=save_summaries_steps,
-            output_dir=checkpoint_dir,
-            scaffold=scaffold,
-        ),
-        v1.train.CheckpointSaverHook(
-            checkpoint_dir, save_steps=save_checkpoint_steps, scaffold=scaffold
-        ),
-    ]
-    creator = ChiefSessionCreator(scaffold, checkpoint_dir=checkpoint_dir)
-    return MonitoredSession(creator, [*standard, *hooks])
-
-
-#: How the demo opens its session; switch to asyncsess.MonitoredTrainingSession
-#: (same keywords) once it exists.
-training_session = tf_training_session
+#: How the demo opens its session (TensorFlow's keywords), in one place.
+training_session = MonitoredTrainingSession
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .._tf import SessionRunContext, SessionRunValues
 
-logger = logging.getLogger("asyncsess.hooks")
+logger = logging.getLogger("asyncsess.hooks.progress")
 
 _STEP = "__asyncsess_progress_step__"
 #: Seconds of history the steps/s figure is measured over.
@@ -30,8 +30,8 @@ class ProgressBarHook(SessionRunHook):
     """Shows training progress: global step, tensor values, steps/s and ETA.
 
     On a terminal (when ``stream`` is a TTY and `rich` is installed) a live
-    progress bar; otherwise plain INFO lines on the ``asyncsess.hooks`` logger,
-    at most one per ``log_every_secs`` plus a last one when the session ends.
+    progress bar; otherwise plain INFO lines on the ``asyncsess.hooks.progress``
+    logger, at most one per ``log_every_secs`` plus a last one at the end.
     The step shown is the global step each step reads, plus one, as TensorFlow's
     hooks count; build the model under that read (as Estimator does) to make it
     exact::

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 v1 = tf.compat.v1
 pytestmark = pytest.mark.anyio
+PROGRESS_LOGGER = "asyncsess.hooks.progress"
 
 
 class Model:
@@ -62,14 +63,14 @@ async def train(model: Model, hook: ProgressBarHook, last_step: int = 5) -> None
 
 
 def progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "asyncsess.hooks"]
+    return [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
 
 
 class TestLogLines:
     async def test_every_update_when_log_every_secs_is_0(
         self, model: Model, caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO, "asyncsess.hooks")
+        caplog.set_level(logging.INFO, PROGRESS_LOGGER)
         stream = io.StringIO()
         hook = ProgressBarHook(
             5, every_n_steps=2, tensors={"loss": model.loss}, stream=stream
@@ -90,7 +91,7 @@ class TestLogLines:
     async def test_throttled_lines_end_with_the_last_step(
         self, model: Model, caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO, "asyncsess.hooks")
+        caplog.set_level(logging.INFO, PROGRESS_LOGGER)
         hook = ProgressBarHook(stream=io.StringIO(), log_every_secs=3600)
         await train(model, hook, last_step=4)
         # The first update, then (held back by the interval) the last at the end.
@@ -103,7 +104,7 @@ class TestLogLines:
     async def test_tensors_by_name(
         self, model: Model, caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO, "asyncsess.hooks")
+        caplog.set_level(logging.INFO, PROGRESS_LOGGER)
         hook = ProgressBarHook(
             3, tensors=[model.w.name], stream=io.StringIO(), log_every_secs=0
         )
@@ -118,7 +119,7 @@ class TestLogLines:
     ) -> None:
         monkeypatch.setitem(sys.modules, "rich.console", None)
         monkeypatch.setitem(sys.modules, "rich.progress", None)
-        caplog.set_level(logging.INFO, "asyncsess.hooks")
+        caplog.set_level(logging.INFO, PROGRESS_LOGGER)
         stream = Terminal()
         await train(model, ProgressBarHook(5, stream=stream, log_every_secs=0))
         assert "Install 'rich' for a live progress bar" in caplog.text
@@ -131,7 +132,7 @@ class TestBar:
         self, model: Model, caplog: pytest.LogCaptureFixture
     ) -> None:
         pytest.importorskip("rich")
-        caplog.set_level(logging.INFO, "asyncsess.hooks")
+        caplog.set_level(logging.INFO, PROGRESS_LOGGER)
         stream = Terminal()
         hook = ProgressBarHook(5, tensors={"loss": model.loss}, stream=stream)
         await train(model, hook)
