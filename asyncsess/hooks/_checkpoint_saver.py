@@ -205,11 +205,12 @@ class CheckpointSaverHook(SessionRunHook):
         write = self._in_flight
         if write is not None and write.done and await self._finish_write(session):
             run_context.request_stop()
-        estimate = self._estimate.after(int(run_values.results))
-        if not self._timer.should_trigger_for_step(estimate):
+        fetched = int(run_values.results)
+        if not self._timer.should_trigger_for_step(self._estimate.after(fetched)):
             return
         # A save may be due: read the real step after the train op, as TF does.
         step = await self._read_step(session)
+        self._estimate.confirm(fetched, step)
         if self._timer.should_trigger_for_step(step):
             self._timer.update_last_triggered_step(step)
             if await self._save(session, step, background=self._background_write):

@@ -92,6 +92,7 @@ class StepCounterHook(SessionRunHook):
             global_step = int(
                 await run_in_session_thread(session.run, self._global_step_tensor)
             )
+            self._estimate.confirm(stale_global_step, global_step)
             if self._timer.should_trigger_for_step(global_step):
                 elapsed_time, elapsed_steps = self._timer.update_last_triggered_step(
                     global_step

@@ -61,28 +61,40 @@ class StepEstimate:
     """Estimates the global step after a run from the value fetched during it.
 
     The value fetched with a step is read concurrently with the ops that
-    increment it, so it is the step before or after the run. Adding the largest
-    increment seen so far never underestimates the step after the run; hooks
-    confirm with one read only when the estimate says they may trigger.
+    increment it, so it is the step before or after the run. The estimate adds
+    the largest per-run increment observed so far (between fetched values, and
+    between a fetched value and the exact read that followed it); until one is
+    observed it is "unknown" and hooks confirm with a read. Hooks read the exact
+    step only when the estimate says they may trigger, so an overestimate costs
+    one read and the estimate never delays a trigger once the increment is known
+    (tests/hooks/test_checkpoint_saver.py::test_steps_larger_than_one_per_run).
     """
 
     __slots__ = ("_delta", "_last")
 
+    #: What `after` returns while no increment was observed: any timer triggers.
+    UNKNOWN = 2**62
+
     def __init__(self) -> None:
         self._last: int | None = None
-        self._delta = 1
+        self._delta = 0
 
     def reset(self) -> None:
         """Forget the history (a new session may start at another step)."""
         self._last = None
-        self._delta = 1
+        self._delta = 0
 
     def after(self, fetched: int) -> int:
         """The estimated step after the run in which *fetched* was read."""
         last, self._last = self._last, fetched
         if last is not None and fetched - last > self._delta:
             self._delta = fetched - last
-        return fetched + self._delta
+        return fetched + self._delta if self._delta > 0 else self.UNKNOWN
+
+    def confirm(self, fetched: int, exact: int) -> None:
+        """Learn from the exact step read after the run in which *fetched* was read."""
+        if exact - fetched > self._delta:
+            self._delta = exact - fetched
 
 
 def snapshot_tensors(saver: Any, graph: Any) -> list[Any] | None:

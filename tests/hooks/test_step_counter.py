@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorflow.python.training import basic_session_run_hooks
 
 import asyncsess
+from asyncsess._tf import global_step_read
 from asyncsess.hooks import StepCounterHook
 
 from .test_summary_saver import FakeTime, FakeWriter
@@ -31,9 +32,15 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
 
 
 def counting_graph(increment: int) -> Any:
-    """A default graph whose train op adds *increment* to the global step."""
+    """A default graph whose train op adds *increment* to the global step.
+
+    The increment waits for the global-step read the hooks fetch (as
+    tf.estimator's train ops do), so the fetched value is deterministically the
+    step before the run; otherwise the read races the increment.
+    """
     step = v1.train.get_or_create_global_step()
-    return v1.assign_add(step, increment)
+    with tf.control_dependencies([global_step_read()]):
+        return v1.assign_add(step, increment)
 
 
 async def run_steps(
