@@ -42,7 +42,17 @@ def ensure_env(tf_extra: str) -> None:
     # `pip install --group` needs pip >= 25.1; Python 3.11 ships 23.x.
     _run(PY, "-m", "pip", "install", "-q", "-U", "pip>=25.1")
     _run(
-        PY, "-m", "pip", "install", "-q", "-e", f".[{tf_extra},trio]", "--group", "test"
+        PY,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "-e",
+        f".[{tf_extra},trio,serve,progress]",
+        "--group",
+        "test",
+        "--group",
+        "bench",
     )
     STAMP.write_text(wanted)
 
