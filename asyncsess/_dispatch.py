@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._exceptions import collapse, explain_finalized, tag_source
-from ._graph import in_graph
+from ._graph import _drive, in_graph
 from ._hook import SessionRunHook, describe, hook_name
 from ._tf import OutOfRangeError, SessionRunValues, TFSessionRunHook
 
@@ -86,7 +87,138 @@ async def _call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> A
             result = await in_graph(result, graph)
         return result
     except BaseException as exc:
-        raise _tagged(exc, entry, phase) from None
+        better = _tagged(exc, entry, phase)
+        if better is exc:
+            raise
+        raise better from exc
+
+
+class _Siblings:
+    """Hooks of one phase started as tasks beside the one the caller drives."""
+
+    __slots__ = ("done", "errors", "left", "scopes")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done = anyio.Event()
+        self.errors: list[BaseException] = []
+        self.scopes: list[anyio.CancelScope] = []
+
+    def cancel(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
+
+async def call_phase(
+    entries: Sequence[HookEntry],
+    phase: str,
+    graph: Any,
+    arglists: Sequence[tuple[Any, ...]],
+    spawn: Callable[..., None] | None,
+) -> list[Any]:
+    """Call *phase* on every entry concurrently; return their results in order.
+
+    Each coroutine's first step runs at once, here, in the graph: hooks that
+    finish without suspending (most of them, on most steps) cost no task. The
+    first hook that suspends is driven on by this task, and the hooks not started
+    yet run beside it as tasks of the session (spawned outside this task's cancel
+    scopes, so the suspended hook's own scopes stay properly nested). Errors keep
+    their type; when one hook fails the tasks beside it are cancelled.
+    Pinned by tests/test_session.py::TestRun::test_before_run_hooks_run_concurrently.
+    """
+    results: list[Any] = [None] * len(entries)
+    suspended: tuple[int, Any, Any] | None = None
+    # One graph entry for the whole probe: nothing awaits in between.
+    with graph.as_default():
+        for index, entry in enumerate(entries):
+            try:
+                result = getattr(entry.hook, phase)(*arglists[index])
+                if not inspect.isawaitable(result):
+                    results[index] = result
+                    continue
+                if not isinstance(result, types.CoroutineType):
+                    result = _await(result)
+                try:
+                    yielded = result.send(None)
+                except StopIteration as stop:
+                    results[index] = stop.value
+                    continue
+            except BaseException as exc:
+                better = _tagged(exc, entry, phase)
+                if better is exc:
+                    raise
+                raise better from exc
+            suspended = (index, result, yielded)
+            break
+    if suspended is not None:
+        index, coro, yielded = suspended
+        await _finish_beside(
+            entries, index, coro, yielded, phase, graph, arglists, spawn, results
+        )
+    return results
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _finish_beside(
+    entries: Sequence[HookEntry],
+    index: int,
+    coro: Any,
+    yielded: Any,
+    phase: str,
+    graph: Any,
+    arglists: Sequence[tuple[Any, ...]],
+    spawn: Callable[..., None] | None,
+    results: list[Any],
+) -> None:
+    """Drive hook *index* here while the hooks after it run as session tasks."""
+    rest = range(index + 1, len(entries))
+    siblings = _Siblings(len(rest))
+    if not rest:
+        siblings.done.set()
+    elif spawn is None:  # pragma: no cover - the session always passes spawn
+        raise RuntimeError("concurrent hooks need an open session")
+
+    async def sibling(position: int) -> None:
+        with anyio.CancelScope() as scope:
+            siblings.scopes.append(scope)
+            try:
+                results[position] = await _call_async(
+                    entries[position], phase, graph, *arglists[position]
+                )
+            except BaseException as exc:  # reported to the caller, never to the group
+                siblings.errors.append(exc)
+                siblings.cancel()
+        siblings.left -= 1
+        if not siblings.left:
+            siblings.done.set()
+
+    for position in rest:
+        assert spawn is not None
+        spawn(sibling, position)
+    try:
+        try:
+            results[index] = await _drive(coro, graph, yielded)
+        except BaseException as exc:
+            better = _tagged(exc, entries[index], phase)
+            if better is exc:
+                raise
+            raise better from exc
+        await siblings.done.wait()
+    except BaseException:
+        siblings.cancel()
+        with anyio.CancelScope(shield=True):
+            await siblings.done.wait()
+        raise
+    errors = [e for e in siblings.errors if not _is_cancelled(e)]
+    if errors:
+        raise errors[0]
+
+
+def _is_cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 def _tagged(exc: BaseException, entry: HookEntry, phase: str) -> BaseException:
@@ -152,6 +284,8 @@ class Dispatcher:
         self.sync_after = [e for e in after if not e.is_async]
         #: True when a step needs nothing from any hook: run() takes the fast path.
         self.idle = not self.requesters and not after
+        #: Starts a task in the session's task group (set when the session opens).
+        self.spawn: Callable[..., None] | None = None
 
     # -- lifecycle: sequential, in list order, as in TensorFlow ------------------
 
@@ -172,9 +306,12 @@ class Dispatcher:
         entries = self.async_before
         if not entries:
             return
-        graph = self.graph
-        values = await gather(
-            [partial(_call_async, e, "before_run", graph, run_context) for e in entries]
+        values = await call_phase(
+            entries,
+            "before_run",
+            self.graph,
+            [(run_context,)] * len(entries),
+            self.spawn,
         )
         for entry, value in zip(entries, values, strict=False):
             requests[entry.request_slot] = value
@@ -209,8 +346,18 @@ class Dispatcher:
 
     async def after_run(self, run_context: Any, step: Any) -> None:
         """Await the async hooks' after_run concurrently with their own values."""
-        if self.async_after:
-            await gather(self.after_run_calls(self.async_after, run_context, step))
+        entries = self.async_after
+        if entries:
+            arglists = [
+                (
+                    run_context,
+                    self.values_for(
+                        e, step.slots, step.outputs, step.options, step.run_metadata
+                    ),
+                )
+                for e in entries
+            ]
+            await call_phase(entries, "after_run", self.graph, arglists, self.spawn)
 
     def after_run_calls(
         self, entries: list[HookEntry], run_context: Any, step: Any

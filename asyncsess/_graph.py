@@ -19,11 +19,25 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+_UNSET: Any = object()
+
+
 @types.coroutine
-def _drive(coro: Coroutine[Any, Any, T], graph: Any) -> Generator[Any, Any, T]:
+def _drive(
+    coro: Coroutine[Any, Any, T], graph: Any, first: Any = _UNSET
+) -> Generator[Any, Any, T]:
+    """Drive *coro* with *graph* entered around each of its steps.
+
+    *first*: what *coro* yielded from a first step someone else already ran.
+    """
     send, throw = coro.send, coro.throw
     value: Any = None
     error: BaseException | None = None
+    if first is not _UNSET:
+        try:
+            value = yield first
+        except BaseException as exc:
+            value, error = None, exc
     while True:
         with graph.as_default():
             try:

@@ -7,11 +7,12 @@ import inspect
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._backend import current_bridge
+from ._backend import Completion, current_bridge
 from ._creators import ChiefSessionCreator, adapt_creator
 from ._dispatch import Dispatcher, call_sync, gather
 from ._exceptions import explain_finalized, source_of
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from typing_extensions import Self
 
-    from ._backend import Completion, LoopBridge
+    from ._backend import LoopBridge
 
 logger = logging.getLogger("asyncsess")
 
@@ -216,6 +217,7 @@ class MonitoredSession:
             self._task_group = await self._exit_stack.enter_async_context(
                 anyio.create_task_group()
             )
+            self._dispatch.spawn = self._spawn
             await self._dispatch.call_in_order("begin", self._worker)
             await self._create_session()
         except BaseException as exc:
@@ -885,11 +887,36 @@ class MonitoredSession:
         def run_with_hooks(*args: Any, **kwargs: Any) -> Any:
             return anyio.from_thread.run(lambda: self.run(*args, **kwargs))
 
-        def call() -> Any:
-            with graph.as_default():
-                return step_fn(StepContext(session, run_with_hooks))
+        bridge = self._bridge
+        assert bridge is not None
+        completion = Completion()
 
-        return await anyio.to_thread.run_sync(call)
+        def call() -> None:
+            try:
+                with graph.as_default():
+                    completion.value = step_fn(StepContext(session, run_with_hooks))
+            except BaseException as exc:
+                completion.error = exc
+            bridge.post(bridge.deliver, completion)
+
+        # The thread is abandoned (not waited for) once the caller is cancelled and
+        # the grace has passed: a step_fn blocked inside TF (a dequeue) would
+        # otherwise hold the caller forever; closing the session interrupts it
+        # (tests/test_cancellation.py, run_step_fn_plain_blocked_dequeue).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                partial(anyio.to_thread.run_sync, abandon_on_cancel=True), call
+            )
+            try:
+                await bridge.wait(completion)
+            except anyio.get_cancelled_exc_class():
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self.step_cancel_grace),
+                ):
+                    await bridge.wait(completion)
+                raise
+        return completion.result()
 
 
 class SingularMonitoredSession(MonitoredSession):
