@@ -225,10 +225,13 @@ class MonitoredSession:
                 with anyio.CancelScope(shield=True):
                     await self._shutdown(exc)
             finally:
+                # Closed first: leaving a cancelled task group that still has tasks
+                # raises the cancellation here (tests/test_cancellation.py,
+                # after_create_session with a queue runner).
+                self._state = State.CLOSED
                 # Left outside the shield: a task group must be exited under the
                 # same cancel scope it was entered in.
                 await self._close_task_group()
-                self._state = State.CLOSED
             raise
         finally:
             current_worker.reset(token)
