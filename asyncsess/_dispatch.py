@@ -12,9 +12,9 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -46,6 +46,9 @@ class HookEntry:
     #: Position of this hook's request among the before_run requesters, or -1.
     request_slot: int
     overlap: bool
+    #: Per phase, how many calls in a row finished without suspending; once it
+    #: reaches _QUIET the hook is probed without a cancel scope of its own.
+    quiet: dict[str, int] = field(default_factory=dict)
 
 
 def _overrides(hook: Any, base: type, name: str) -> bool:
@@ -118,44 +121,73 @@ async def call_phase(
 ) -> list[Any]:
     """Call *phase* on every entry concurrently; return their results in order.
 
-    Each coroutine's first step runs at once, here, in the graph: hooks that
-    finish without suspending (most of them, on most steps) cost no task. The
-    first hook that suspends is driven on by this task, and the hooks not started
-    yet run beside it as tasks of the session (spawned outside this task's cancel
-    scopes, so the suspended hook's own scopes stay properly nested). Errors keep
-    their type; when one hook fails the tasks beside it are cancelled.
-    Pinned by tests/test_session.py::TestRun::test_before_run_hooks_run_concurrently.
+    Each coroutine's first step runs at once, here, in the graph and inside a
+    cancel scope of its own: hooks that finish without suspending (most of them,
+    on most steps) cost no task. The first hook that suspends is driven on by
+    this task inside its scope, and the hooks not started yet run beside it as
+    tasks of the session. Errors keep their type; when one hook fails the others
+    are cancelled. Pinned by tests/test_session.py::TestRun and ::TestExit.
     """
     results: list[Any] = [None] * len(entries)
-    suspended: tuple[int, Any, Any] | None = None
-    # One graph entry for the whole probe: nothing awaits in between.
-    with graph.as_default():
-        for index, entry in enumerate(entries):
-            try:
+    for index, entry in enumerate(entries):
+        quiet = entry.quiet.get(phase, 0)
+        # A hook that has not suspended lately is probed without a scope (cheap);
+        # should it suspend now, it is driven here and a failing sibling waits for
+        # it instead of cancelling it. Others get a scope before their first step.
+        scope = _NO_SCOPE if quiet >= _QUIET else anyio.CancelScope()
+        scope.__enter__()
+        try:
+            with graph.as_default():
                 result = getattr(entry.hook, phase)(*arglists[index])
-                if not inspect.isawaitable(result):
-                    results[index] = result
-                    continue
-                if not isinstance(result, types.CoroutineType):
-                    result = _await(result)
-                try:
+                if inspect.isawaitable(result):
+                    if not isinstance(result, types.CoroutineType):
+                        result = _await(result)
                     yielded = result.send(None)
-                except StopIteration as stop:
-                    results[index] = stop.value
-                    continue
-            except BaseException as exc:
-                better = _tagged(exc, entry, phase)
-                if better is exc:
-                    raise
-                raise better from exc
-            suspended = (index, result, yielded)
-            break
-    if suspended is not None:
-        index, coro, yielded = suspended
-        await _finish_beside(
-            entries, index, coro, yielded, phase, graph, arglists, spawn, results
-        )
+                    suspended = True
+                else:
+                    suspended = False
+        except StopIteration as stop:
+            result, suspended = stop.value, False
+        except BaseException as exc:
+            scope.__exit__(type(exc), exc, exc.__traceback__)
+            raise _tagged_or_same(exc, entry, phase) from exc.__cause__
+        if suspended:  # this hook goes on here, the later ones beside it
+            entry.quiet[phase] = 0
+            await _finish_beside(
+                entries, index, result, yielded, scope, phase, graph, arglists,
+                spawn, results,
+            )  # fmt: skip
+            return results
+        scope.__exit__(None, None, None)
+        if quiet < _QUIET:
+            entry.quiet[phase] = quiet + 1
+        results[index] = result
     return results
+
+
+class _NoScope:
+    """Stands in for a cancel scope around a hook that does not suspend."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: Any) -> Literal[False]:
+        return False
+
+    def cancel(self) -> None:
+        pass
+
+
+_NO_SCOPE: Any = _NoScope()
+#: Calls in a row without suspending before a hook is probed without a scope.
+_QUIET = 3
+
+
+def _tagged_or_same(exc: BaseException, entry: HookEntry, phase: str) -> BaseException:
+    better = _tagged(exc, entry, phase)
+    if better is not exc:
+        better.__cause__ = exc
+    return better
 
 
 async def _await(awaitable: Any) -> Any:
@@ -167,23 +199,29 @@ async def _finish_beside(
     index: int,
     coro: Any,
     yielded: Any,
+    scope: Any,
     phase: str,
     graph: Any,
     arglists: Sequence[tuple[Any, ...]],
     spawn: Callable[..., None] | None,
     results: list[Any],
 ) -> None:
-    """Drive hook *index* here while the hooks after it run as session tasks."""
+    """Drive hook *index* here (in *scope*) while the later hooks run as tasks.
+
+    *scope* was entered before the hook's first step, so the hook's own cancel
+    scopes nest inside it and it can be cancelled when a sibling fails.
+    """
     rest = range(index + 1, len(entries))
     siblings = _Siblings(len(rest))
+    siblings.scopes.append(scope)
     if not rest:
         siblings.done.set()
     elif spawn is None:  # pragma: no cover - the session always passes spawn
         raise RuntimeError("concurrent hooks need an open session")
 
     async def sibling(position: int) -> None:
-        with anyio.CancelScope() as scope:
-            siblings.scopes.append(scope)
+        with anyio.CancelScope() as own:
+            siblings.scopes.append(own)
             try:
                 results[position] = await _call_async(
                     entries[position], phase, graph, *arglists[position]
@@ -202,10 +240,12 @@ async def _finish_beside(
         try:
             results[index] = await _drive(coro, graph, yielded)
         except BaseException as exc:
-            better = _tagged(exc, entries[index], phase)
-            if better is exc:
-                raise
-            raise better from exc
+            # True when the exception is this scope's own cancellation (a sibling
+            # failed): then the sibling's error is raised below.
+            if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                raise _tagged_or_same(exc, entries[index], phase) from exc.__cause__
+        else:
+            scope.__exit__(None, None, None)
         await siblings.done.wait()
     except BaseException:
         siblings.cancel()
