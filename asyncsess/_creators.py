@@ -238,6 +238,12 @@ def adapt_creator(creator: Any) -> SessionCreator:
         return ChiefSessionCreator()
     if isinstance(creator, SessionCreator):
         return creator
+    if isinstance(creator, type):
+        raise TypeError(
+            "session_creator must be an instance, not a class; "
+            f"Received: session_creator={creator.__name__} (call it: "
+            f"session_creator={creator.__name__}(...))"
+        )
     if isinstance(creator, TFSessionCreator) or callable(
         getattr(creator, "create_session", None)
     ):

@@ -17,7 +17,7 @@ from ._creators import ChiefSessionCreator, adapt_creator
 from ._dispatch import Dispatcher, call_sync, gather
 from ._exceptions import explain_finalized, source_of
 from ._graph import in_graph
-from ._hook import describe, hook_name
+from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
 from ._recovery import RecoveryPolicy, is_preemption
 from ._runargs import merge
@@ -29,6 +29,7 @@ from ._tf import (
     RunMetadata,
     RunOptions,
     SessionRunArgs,
+    TFSessionRunHook,
     default_graph,
     errors,
     v1,
@@ -119,7 +120,7 @@ class MonitoredSession:
             )
         self._graph = default_graph()
         self._creator = adapt_creator(session_creator)
-        self._hooks = list(hooks or [])
+        self._hooks = _hook_list(hooks)
         self._dispatch = Dispatcher(self._hooks, self._graph)
         self._grace = float(stop_grace_period_secs)
         #: How preemption errors are retried; replace it before or while running.
@@ -259,6 +260,10 @@ class MonitoredSession:
             self._state = State.CLOSED
             return
         assert self._worker is not None
+        assert self._bridge is not None
+        # From another thread or loop, the shutdown would run half and then fail
+        # leaving the task group (tests/test_bad_input.py::TestLifecycleMisuse).
+        self._bridge.check_current()
         self._state = State.CLOSING
         token = current_worker.set(self._worker)
         try:
@@ -964,6 +969,20 @@ class SingularMonitoredSession(MonitoredSession):
     def raw_session(self) -> Any:
         """The underlying `tf.compat.v1.Session`, or None when not open."""
         return self._tf_sess
+
+
+def _hook_list(hooks: Any) -> list[Any]:
+    """*hooks* as a list; a lone hook or a non-iterable is a TypeError naming it."""
+    if hooks is None:
+        return []
+    if isinstance(hooks, (SessionRunHook, TFSessionRunHook, str)) or not hasattr(
+        hooks, "__iter__"
+    ):
+        raise TypeError(
+            "hooks must be a list of SessionRunHook instances; "
+            f"Received: hooks={describe(hooks)}"
+        )
+    return list(hooks)
 
 
 def _raise_coordinator_error(coord: Any) -> None:
