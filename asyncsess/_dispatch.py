@@ -82,7 +82,7 @@ def classify(hooks: Sequence[Any]) -> list[HookEntry]:
     return entries
 
 
-async def _call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> Any:
+async def call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> Any:
     """Call an async hook's method inside the graph, tagging what it raises."""
     try:
         result = getattr(entry.hook, phase)(*args)
@@ -223,7 +223,7 @@ async def _finish_beside(
         with anyio.CancelScope() as own:
             siblings.scopes.append(own)
             try:
-                results[position] = await _call_async(
+                results[position] = await call_async(
                     entries[position], phase, graph, *arglists[position]
                 )
             except BaseException as exc:  # reported to the caller, never to the group
@@ -335,7 +335,7 @@ class Dispatcher:
             if phase not in entry.phases:
                 continue
             if entry.is_async:
-                await _call_async(entry, phase, self.graph, *args)
+                await call_async(entry, phase, self.graph, *args)
             else:
                 await worker.call(call_sync, entry, phase, *args)
 
@@ -410,6 +410,6 @@ class Dispatcher:
                 entry, step.slots, step.outputs, step.options, step.run_metadata
             )
             calls.append(
-                partial(_call_async, entry, "after_run", graph, run_context, values)
+                partial(call_async, entry, "after_run", graph, run_context, values)
             )
         return calls

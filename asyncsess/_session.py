@@ -14,7 +14,7 @@ import anyio
 
 from ._backend import Completion, current_bridge
 from ._creators import ChiefSessionCreator, adapt_creator
-from ._dispatch import Dispatcher, call_sync, gather
+from ._dispatch import Dispatcher, call_async, call_sync, gather
 from ._exceptions import explain_finalized, source_of
 from ._graph import in_graph
 from ._hook import SessionRunHook, describe, hook_name
@@ -309,9 +309,9 @@ class MonitoredSession:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._grace):
             for entry in entries:
                 try:
-                    if entry.is_async:
-                        await in_graph(
-                            entry.hook.on_error(exc, self._tf_sess), self._graph
+                    if entry.is_async:  # async or plain def, inside the graph
+                        await call_async(
+                            entry, "on_error", self._graph, exc, self._tf_sess
                         )
                     else:
                         await self._worker.call(

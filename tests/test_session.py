@@ -551,3 +551,18 @@ class TestRunInSessionThread:
         name, graph = seen[0]
         assert name.startswith("asyncsess-worker")
         assert graph is m.graph
+
+
+class TestOnError:
+    async def test_plain_def_on_error_runs_in_the_graph(self, model: Model) -> None:
+        seen: list[Any] = []
+
+        class Plain(asyncsess.SessionRunHook):
+            def on_error(self, exc: BaseException, session: Any) -> None:  # type: ignore[override]
+                seen.append((type(exc), v1.get_default_graph()))
+
+        sess = asyncsess.MonitoredSession(hooks=[Plain()])
+        with pytest.raises(KeyError):
+            async with sess:
+                raise KeyError("x")
+        assert seen == [(KeyError, model.graph)]
