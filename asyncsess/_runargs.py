@@ -170,8 +170,12 @@ def fetch_key(fetches: Any) -> Any:
     value. Only structures `Session.run` maps deterministically are keyed.
     """
     kind = type(fetches)
-    if kind is list or kind is tuple or (
-        isinstance(fetches, tuple) and hasattr(kind, "_fields")  # a namedtuple
+    if (
+        kind is list
+        or kind is tuple
+        or (
+            isinstance(fetches, tuple) and hasattr(kind, "_fields")  # a namedtuple
+        )
     ):
         keys = []
         for item in fetches:
