@@ -20,7 +20,7 @@ from ._graph import in_graph
 from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
 from ._recovery import RecoveryPolicy, is_preemption
-from ._runargs import merge
+from ._runargs import RunCache, merge
 from ._step import StepContext, check_step_fn, stop_requested_by
 from ._stop import RunContext, StopReason
 from ._tf import (
@@ -123,6 +123,8 @@ class MonitoredSession:
         self._hooks = _hook_list(hooks)
         self._dispatch = Dispatcher(self._hooks, self._graph)
         self._grace = float(stop_grace_period_secs)
+        #: Session.run through cached make_callables (used on the worker only).
+        self._run_cache = RunCache()
         #: How preemption errors are retried; replace it before or while running.
         self.recovery = RecoveryPolicy()
         #: Seconds a cancelled step is given to finish before the TF session is
@@ -447,7 +449,6 @@ class MonitoredSession:
 
     async def _prepare_retry(self, exc: BaseException, during: str) -> None:
         """Count a recovery, enforce the policy, back off and drop the old session."""
-        self._recoveries += 1
         self._in_a_row += 1
         policy = self.recovery
         if not policy.allows(self._in_a_row):
@@ -459,6 +460,9 @@ class MonitoredSession:
                 exc,
             )
             raise exc
+        # Counted once allowed: a refused recovery recreates nothing
+        # (tests/test_recovery.py::TestPolicy).
+        self._recoveries += 1
         logger.warning(
             "Recovering from %s while %s (recovery %d, %d in a row); a new session "
             "will be created. This may be due to a preemption of a worker or "
@@ -638,7 +642,7 @@ class MonitoredSession:
     ) -> Any:
         assert self._worker is not None
         completion = self._worker.submit(
-            self._tf_sess.run, fetches, feed_dict, options, meta
+            self._run_cache.run, self._tf_sess, fetches, feed_dict, options, meta
         )
         return await self._await_step(completion)
 
@@ -649,7 +653,7 @@ class MonitoredSession:
         assert worker is not None
         if dispatch.idle:  # no hook takes part in steps: one hand-off, nothing else
             completion = worker.submit(
-                sess.run, fetches, feed_dict, options, run_metadata
+                self._run_cache.run, sess, fetches, feed_dict, options, run_metadata
             )
             return await self._await_step(completion)
         # 1. before_run: async hooks concurrently, here on the loop.
@@ -765,11 +769,12 @@ class MonitoredSession:
             dispatch.requester_hooks,
             requests,
         )
-        outputs = sess.run(
+        outputs = self._run_cache.run(
+            sess,
             merged.fetches,
-            feed_dict=merged.feed_dict,
-            options=merged.options,
-            run_metadata=merged.run_metadata,
+            merged.feed_dict,
+            merged.options,
+            merged.run_metadata,
         )
         step = StepOutcome(
             result=outputs[0] if merged.wrapped else outputs,
