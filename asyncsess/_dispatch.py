@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from ._exceptions import collapse, explain_finalized, tag_source
-from ._graph import _drive, in_graph
+from ._graph import _drive, graph_context, in_graph
 from ._hook import SessionRunHook, describe, hook_name
 from ._tf import OutOfRangeError, SessionRunValues, TFSessionRunHook
 
@@ -137,7 +137,7 @@ async def call_phase(
         scope = _NO_SCOPE if quiet >= _QUIET else anyio.CancelScope()
         scope.__enter__()
         try:
-            with graph.as_default():
+            with graph_context(graph):
                 result = getattr(entry.hook, phase)(*arglists[index])
                 if inspect.isawaitable(result):
                     if not isinstance(result, types.CoroutineType):

@@ -10,8 +10,11 @@ sessions over two graphs can interleave in one loop
 
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._tf import tf
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine, Generator
@@ -20,6 +23,8 @@ T = TypeVar("T")
 
 
 _UNSET: Any = object()
+get_default_graph = tf.compat.v1.get_default_graph
+executing_eagerly = tf.executing_eagerly
 
 
 @types.coroutine
@@ -39,11 +44,16 @@ def _drive(
         except BaseException as exc:
             value, error = None, exc
     while True:
-        with graph.as_default():
-            try:
+        try:
+            if get_default_graph() is graph and not executing_eagerly():
+                # Already inside ``graph.as_default()`` (a single-graph program):
+                # entering it again costs ~6 us per step of the coroutine.
                 yielded = send(value) if error is None else throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+            else:
+                with graph.as_default():
+                    yielded = send(value) if error is None else throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
         try:
             value = yield yielded
             error = None
@@ -60,3 +70,10 @@ def in_graph(awaitable: Awaitable[T], graph: Any) -> Awaitable[T]:
     if isinstance(awaitable, types.CoroutineType):
         return _drive(awaitable, graph)
     return awaitable
+
+
+def graph_context(graph: Any) -> Any:
+    """``graph.as_default()``, or a no-op when *graph* already is the default."""
+    if get_default_graph() is graph and not executing_eagerly():
+        return contextlib.nullcontext()
+    return graph.as_default()
