@@ -129,39 +129,40 @@ async def call_phase(
     are cancelled. Pinned by tests/test_session.py::TestRun and ::TestExit.
     """
     results: list[Any] = [None] * len(entries)
-    for index, entry in enumerate(entries):
-        quiet = entry.quiet.get(phase, 0)
-        # A hook that has not suspended lately is probed without a scope (cheap);
-        # should it suspend now, it is driven here and a failing sibling waits for
-        # it instead of cancelling it. Others get a scope before their first step.
-        scope = _NO_SCOPE if quiet >= _QUIET else anyio.CancelScope()
-        scope.__enter__()
-        try:
-            with graph_context(graph):
+    suspended: tuple[int, Any, Any, Any] | None = None
+    # One graph entry for every first step: nothing is awaited in between.
+    with graph_context(graph):
+        for index, entry in enumerate(entries):
+            quiet = entry.quiet.get(phase, 0)
+            # A hook that has not suspended lately is probed without a scope
+            # (cheap); should it suspend now, it is driven here and a failing
+            # sibling waits for it instead of cancelling it. Others get a scope
+            # before their first step, so that they can be cancelled.
+            scope = _NO_SCOPE if quiet >= _QUIET else anyio.CancelScope()
+            scope.__enter__()
+            try:
                 result = getattr(entry.hook, phase)(*arglists[index])
                 if inspect.isawaitable(result):
                     if not isinstance(result, types.CoroutineType):
                         result = _await(result)
-                    yielded = result.send(None)
-                    suspended = True
-                else:
-                    suspended = False
-        except StopIteration as stop:
-            result, suspended = stop.value, False
-        except BaseException as exc:
-            scope.__exit__(type(exc), exc, exc.__traceback__)
-            raise _tagged_or_same(exc, entry, phase) from exc.__cause__
-        if suspended:  # this hook goes on here, the later ones beside it
-            entry.quiet[phase] = 0
-            await _finish_beside(
-                entries, index, result, yielded, scope, phase, graph, arglists,
-                spawn, results,
-            )  # fmt: skip
-            return results
-        scope.__exit__(None, None, None)
-        if quiet < _QUIET:
-            entry.quiet[phase] = quiet + 1
-        results[index] = result
+                    suspended = (index, result, result.send(None), scope)
+                    entry.quiet[phase] = 0
+                    break
+            except StopIteration as stop:
+                result = stop.value
+            except BaseException as exc:
+                scope.__exit__(type(exc), exc, exc.__traceback__)
+                raise _tagged_or_same(exc, entry, phase) from exc.__cause__
+            scope.__exit__(None, None, None)
+            if quiet < _QUIET:
+                entry.quiet[phase] = quiet + 1
+            results[index] = result
+    if suspended is not None:  # this hook goes on here, the later ones beside it
+        index, coro, yielded, scope = suspended
+        await _finish_beside(
+            entries, index, coro, yielded, scope, phase, graph, arglists, spawn,
+            results,
+        )  # fmt: skip
     return results
 
 
