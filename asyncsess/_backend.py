@@ -99,7 +99,11 @@ class _AsyncioBridge(LoopBridge):
 
     def check_current(self) -> None:
         super().check_current()
-        if self._asyncio.get_running_loop() is not self._loop:
+        try:
+            loop = self._asyncio.get_running_loop()
+        except RuntimeError:  # another event loop library (trio) runs this call
+            loop = None
+        if loop is not self._loop:
             raise RuntimeError(
                 "This session was opened in another event loop; use it only from "
                 "the event loop that opened it."
@@ -144,10 +148,14 @@ class _TrioBridge(LoopBridge):
 
     def check_current(self) -> None:
         super().check_current()
-        if self._lowlevel.current_trio_token() is not self._token:
+        try:
+            token = self._lowlevel.current_trio_token()
+        except RuntimeError:  # another event loop library (asyncio) runs this call
+            token = None
+        if token is not self._token:
             raise RuntimeError(
-                "This session was opened in another trio run; use it only from "
-                "the trio run that opened it."
+                "This session was opened in another event loop (another trio run); "
+                "use it only from the trio run that opened it."
             )
 
 

@@ -271,17 +271,7 @@ class TestOtherEventLoop:
 
     @pytest.mark.parametrize(
         "second",
-        [
-            "asyncio",
-            pytest.param(
-                "trio",
-                marks=pytest.mark.xfail(
-                    reason="_AsyncioBridge.check_current lets asyncio's bare 'no "
-                    "running event loop' through under trio (fix in _backend.py)",
-                    raises=AssertionError,
-                ),
-            ),
-        ],
+        ["asyncio", "trio"],
     )
     def test_run_and_close_from_another_loop(self, model: Model, second: str) -> None:
         sess = asyncsess.MonitoredSession()
