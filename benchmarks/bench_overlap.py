@@ -116,8 +116,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 target, ok = "report (~2x expected)", None
             rows.append(
                 row(
-                    f"5 ms after_run I/O, {title}: {label} step / "
-                    "max(device, 5 ms)",
+                    f"5 ms after_run I/O, {title}: {label} step / max(device, 5 ms)",
                     value,
                     "x",
                     target,
