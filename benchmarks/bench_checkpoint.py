@@ -307,7 +307,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     lag = anyio.run(_measure_lag, lag_mb, size, every, lag_rounds, lag_seconds)
     middle = load()
     rows = _lag_rows(lag, lag_mb, every, lag_seconds, (before[0], middle[0]))
-    stall_every = 10
+    # Saves far enough apart for a background write to finish before the next.
+    stall_every = 50
     stall = anyio.run(
         _measure_stall, stall_mb, size, stall_every, stall_saves, stall_rounds
     )
