@@ -241,3 +241,72 @@ async def test_soak(model: Model, capsys: pytest.CaptureFixture[str]) -> None:
         )
     assert threads_end <= threads_start
     assert rss_end - rss_start < 50 * 1024  # flat: under 50 MiB of growth
+
+
+# -- hooks that raise -----------------------------------------------------------------
+
+
+class Raising(asyncsess.SessionRunHook):
+    """Raises KeyError from one phase, after letting the loop run once."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+
+    async def _maybe_raise(self, phase: str) -> None:
+        if phase == self.phase:
+            await anyio.lowlevel.checkpoint()
+            raise KeyError(f"{phase} failed")
+
+    async def begin(self) -> None:
+        await self._maybe_raise("begin")
+
+    async def after_create_session(self, session: Any, coord: Any) -> None:
+        await self._maybe_raise("after_create_session")
+
+    async def before_run(self, run_context: Any) -> None:
+        await self._maybe_raise("before_run")
+
+    async def after_run(self, run_context: Any, run_values: Any) -> None:
+        await self._maybe_raise("after_run")
+
+    async def end(self, session: Any) -> None:
+        await self._maybe_raise("end")
+
+
+class Slow(asyncsess.SessionRunHook):
+    """A hook of the same phase that would never finish unless cancelled."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase, self.cancelled = phase, False
+
+    async def _wait(self, phase: str) -> None:
+        if phase == self.phase:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                self.cancelled = True
+                raise
+
+    async def before_run(self, run_context: Any) -> None:
+        await self._wait("before_run")
+
+    async def after_run(self, run_context: Any, run_values: Any) -> None:
+        await self._wait("after_run")
+
+
+@pytest.mark.parametrize(
+    "phase", ["begin", "after_create_session", "before_run", "after_run", "end"]
+)
+async def test_hook_error_keeps_its_type_and_closes_everything(
+    model: Model, phase: str, tf_sessions: SessionCensus, no_thread_leaks: None
+) -> None:
+    slow = Slow(phase)
+    sess = asyncsess.MonitoredSession(hooks=[slow, Raising(phase)])
+    with anyio.fail_after(20), pytest.raises(KeyError, match=f"{phase} failed"):
+        async with sess:
+            await sess.run(model.inc)
+    if phase in ("before_run", "after_run"):  # the concurrent phases
+        assert slow.cancelled
+    assert sess.should_stop()
+    assert tf_sessions.open_sessions() == []
+    assert not model.graph.finalized
