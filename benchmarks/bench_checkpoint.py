@@ -77,6 +77,13 @@ def _model_mb(mb: int) -> int:
     return max(1, math.ceil(mb / _VAR_MB)) * _VAR_MB
 
 
+def _close_in(graph: Any, mon: Any) -> None:
+    # Inside its graph: TF's hook saves at the end, and Saver.save outside any
+    # graph would think it runs eagerly.
+    with graph.as_default():
+        mon.close()
+
+
 #: One training step: returns nothing; the session was opened by the caller.
 Step = Callable[[], Awaitable[None]]
 
@@ -93,7 +100,7 @@ async def _open(
             mon = v1.train.MonitoredSession(
                 v1.train.ChiefSessionCreator(config=_config()), hooks=[hook]
             )
-        stack.callback(mon.close)
+        stack.callback(_close_in, graph, mon)
 
         async def run_sync() -> None:
             with graph.as_default():  # as a user's loop runs: inside its graph
