@@ -334,7 +334,9 @@ class MonitoredSession:
             with anyio.move_on_after(self._grace):
                 assert self._bridge is not None
                 await self._bridge.wait(last)
-            if not worker.join(timeout=0.5):
+            # After the last job the thread only has to return: a short join,
+            # and none at all (no blocking of the loop) if it is still busy.
+            if not (last.done and worker.join(timeout=0.5)):
                 logger.warning(
                     "Worker thread %s is still busy inside TensorFlow after %.0fs; "
                     "it is a daemon thread and exits when that call returns.",
@@ -483,9 +485,13 @@ class MonitoredSession:
             await self._prepare_retry(exc, during)
             await self._create_session()
         except BaseException as error:
+            if error is exc:  # the policy refused another recovery
+                reason = f"gave up after {self._in_a_row - 1} recoveries in a row"
+            else:
+                reason = "could not be recreated after a preemption"
             self._broken = (
-                "The session could not be recreated after a preemption "
-                f"({type(error).__name__}: {error}); close it and open a new one."
+                f"The session {reason} ({type(error).__name__}: {error}); close it "
+                "and open a new one."
             )
             raise
 
