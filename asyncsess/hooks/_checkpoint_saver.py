@@ -24,10 +24,13 @@ from .._tf import (
 )
 from .._worker import run_in_session_thread
 from ._writers import (
+    ShadowSnapshot,
     StepEstimate,
     check_one_of,
+    feeding_session,
     flush_writer,
     open_writer,
+    shadow_snapshot,
     snapshot_tensors,
     start_background_write,
 )
@@ -183,6 +186,16 @@ class CheckpointSaverHook(SessionRunHook):
             raise RuntimeError(
                 "Global step should be created to use CheckpointSaverHook."
             )
+        if self._background_write:
+            # Build the in-TensorFlow snapshot now if the saver is already known
+            # (the Scaffold's default saver appears only later, at finalize).
+            graph = v1.get_default_graph()
+            if self._saver is not None or self._scaffold is not None:
+                known = self._get_saver(graph) is not None
+            else:
+                known = len(graph.get_collection(v1.GraphKeys.SAVERS)) == 1
+            if known:
+                self._plan(graph)
         for listener in self._listeners:
             await _call_listener(listener, "begin")
 
@@ -248,29 +261,34 @@ class CheckpointSaverHook(SessionRunHook):
     async def _save(self, session: Any, step: int, *, background: bool) -> bool:
         """Save the checkpoint of *step*; True if a listener requested a stop."""
         should_stop = await self._finish_write(session)
-        tensors = self._snapshot_tensors(session.graph) if background else None
-        if tensors is None and self._sync_listeners:
+        plan: Any = None
+        if background:
+            plan = self._snapshot
+            if plan is _UNPLANNED:
+                plan = await run_in_session_thread(self._plan, session.graph)
+        if plan is None and self._sync_listeners:
             stop = await run_in_session_thread(self._save_blocking, session, step)
             return bool(stop) or should_stop
         logger.info("Calling checkpoint listeners before saving checkpoint %d...", step)
         for listener in self._listeners:
             await _call_listener(listener, "before_save", session, step)
-        if tensors is None:
+        if plan is None:
             await run_in_session_thread(self._write, session, step)
             return await self._after_save(session, step) or should_stop
-        # Training pauses only for this read; the write goes on in the background
-        # and the listeners' after_save runs once it is complete.
-        values = await run_in_session_thread(session.run, tensors)
-        self._in_flight = start_background_write(
-            session,
-            step,
-            dict(zip(tensors, values, strict=True)),
-            self._writer_for(step),
-        )
+        # Training pauses only for the snapshot; the write goes on in the
+        # background and the listeners' after_save runs once it is complete.
+        if isinstance(plan, ShadowSnapshot):
+            # A copy inside TensorFlow, with the GIL released.
+            await run_in_session_thread(session.run, plan.snapshot_op)
+            writing = plan.session_for(session)
+        else:
+            values = await run_in_session_thread(session.run, plan)
+            writing = feeding_session(session, dict(zip(plan, values, strict=True)))
+        self._in_flight = start_background_write(writing, step, self._writer_for(step))
         return should_stop
 
     def _writer_for(self, step: int) -> Any:
-        return lambda feeding_session: self._write(feeding_session, step)
+        return lambda writing: self._write(writing, step)
 
     def _save_blocking(self, session: Any, step: int) -> bool:
         """TF's ``_save``, all on the worker thread (sync listeners only)."""
@@ -381,17 +399,32 @@ class CheckpointSaverHook(SessionRunHook):
         self._saver = savers[0]
         return self._saver
 
-    def _snapshot_tensors(self, graph: Any) -> list[Any] | None:
-        if self._snapshot is _UNPLANNED:
-            self._snapshot = snapshot_tensors(self._get_saver(graph), graph)
-            if self._snapshot is None:
-                logger.warning(
-                    "background_write needs a V2-format tf.compat.v1.train.Saver; "
-                    "checkpoints for %s are written synchronously.",
-                    self._save_path,
-                )
-        tensors: list[Any] | None = self._snapshot
-        return tensors
+    def _plan(self, graph: Any) -> ShadowSnapshot | list[Any] | None:
+        """How background writes snapshot the variables, decided once.
+
+        Shadow variables copied inside TensorFlow when the saver allows it (the
+        graph is briefly un-finalized if the session already finalized it);
+        else its save tensors fetched and fed back; else None: synchronous.
+        """
+        saver = self._get_saver(graph)
+        if graph.finalized:
+            graph._unsafe_unfinalize()
+            try:
+                plan: ShadowSnapshot | list[Any] | None = shadow_snapshot(saver, graph)
+            finally:
+                graph.finalize()
+        else:
+            plan = shadow_snapshot(saver, graph)
+        if plan is None:
+            plan = snapshot_tensors(saver, graph)
+        if plan is None:
+            logger.warning(
+                "background_write needs a V2-format tf.compat.v1.train.Saver; "
+                "checkpoints for %s are written synchronously.",
+                self._save_path,
+            )
+        self._snapshot = plan
+        return plan
 
 
 def _log_stop_request(listener: Any) -> None:

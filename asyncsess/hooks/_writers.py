@@ -125,7 +125,133 @@ def snapshot_tensors(saver: Any, graph: Any) -> list[Any] | None:
     return tensors
 
 
-def _feeding_session(session: Any, feeds: dict[Any, Any]) -> Any:
+def _saved_keys_and_tensors(saver: Any, graph: Any) -> list[tuple[str, Any]] | None:
+    """(checkpoint key, tensor) for each tensor *saver*'s SaveV2 ops write.
+
+    None if the saver cannot be snapshotted in TensorFlow: no V2 save op, a
+    sliced (partitioned) tensor, a key saved twice, or a shape not fully known.
+    """
+    from tensorflow.python.framework import tensor_util
+
+    saver_def = getattr(saver, "saver_def", None)
+    if saver_def is None or not saver_def.save_tensor_name:
+        return None
+    stack = [graph.as_graph_element(saver_def.save_tensor_name).op]
+    seen: set[str] = set()
+    saved: dict[str, Any] = {}
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type in ("Save", "SaveSlices"):
+            return None
+        if op.type == "SaveV2":
+            names = tensor_util.constant_value(op.inputs[1])
+            slices = tensor_util.constant_value(op.inputs[2])
+            if names is None or slices is None or any(slices.tolist()):
+                return None
+            for raw, tensor in zip(names.tolist(), op.inputs[3:], strict=True):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if saved.setdefault(key, tensor) is not tensor:
+                    return None
+                if not tensor.shape.is_fully_defined():
+                    return None
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return sorted(saved.items()) or None
+
+
+class ShadowSnapshot:
+    """Snapshots a saver's variables inside TensorFlow, then writes them.
+
+    One non-trainable "shadow" variable per tensor the saver writes, kept out of
+    every collection (so no `Saver`, `Scaffold` init or ready op sees them), an
+    op that copies every saved tensor into its shadow (running it initializes
+    the shadows), and a second `Saver` writing the shadows under the original
+    checkpoint keys. The original saver still does the save (file names, the
+    ``checkpoint`` state, ``max_to_keep``, the meta graph): `session_for` gives
+    it a session whose run of its save op runs the shadow saver's instead.
+    """
+
+    def __init__(self, saver: Any, graph: Any, saved: list[tuple[str, Any]]) -> None:
+        import tensorflow as tf
+
+        v1 = tf.compat.v1
+        self._saver_def = saver.saver_def
+        with graph.as_default(), graph.control_dependencies(None):
+            with v1.name_scope("asyncsess_snapshot"):
+                shadows: dict[str, Any] = {}
+                copies = []
+                for index, (key, tensor) in enumerate(saved):
+                    with graph.device(tensor.device):
+                        shadow = v1.Variable(
+                            lambda t=tensor: tf.zeros(t.shape, t.dtype),
+                            trainable=False,
+                            collections=[],
+                            use_resource=True,
+                            name=f"shadow_{index}",
+                        )
+                        copies.append(shadow.assign(tensor, read_value=False))
+                    shadows[key] = shadow
+                self.snapshot_op = tf.group(*copies, name="snapshot")
+            self.saver = v1.train.Saver(
+                var_list=shadows,
+                sharded=bool(getattr(saver, "_sharded", False)),
+                write_version=self._saver_def.version,
+                max_to_keep=None,
+                name="asyncsess_snapshot_saver",
+            )
+        self.shadows = list(shadows.values())
+
+    def session_for(self, session: Any) -> Any:
+        """*session*, but running the original save op writes the shadows."""
+        original = self._saver_def
+        shadow = self.saver.saver_def
+
+        class RedirectingSession(session_interface()):  # type: ignore[misc]
+            graph = session.graph
+            sess_str = session.sess_str
+
+            def run(
+                self,
+                fetches: Any,
+                feed_dict: Any = None,
+                options: Any = None,
+                run_metadata: Any = None,
+            ) -> Any:
+                if (
+                    fetches == original.save_tensor_name
+                    and feed_dict is not None
+                    and set(feed_dict) == {original.filename_tensor_name}
+                ):
+                    fetches = shadow.save_tensor_name
+                    feed_dict = {
+                        shadow.filename_tensor_name: feed_dict[
+                            original.filename_tensor_name
+                        ]
+                    }
+                return session.run(fetches, feed_dict, options, run_metadata)
+
+        return RedirectingSession()
+
+
+def shadow_snapshot(saver: Any, graph: Any) -> ShadowSnapshot | None:
+    """A `ShadowSnapshot` of *saver* built in *graph*, or None if unsupported.
+
+    Builds ops: call it where the graph may be modified.
+    """
+    saved = _saved_keys_and_tensors(saver, graph)
+    if saved is None:
+        return None
+    try:
+        return ShadowSnapshot(saver, graph, saved)
+    except (TypeError, ValueError) as exc:
+        logger.debug("No in-TensorFlow snapshot for %r: %s", saver, exc)
+        return None
+
+
+def feeding_session(session: Any, feeds: dict[Any, Any]) -> Any:
     """A session for `Saver.save` whose runs also feed *feeds*."""
 
     class FeedingSession(session_interface()):  # type: ignore[misc]
@@ -189,21 +315,18 @@ class BackgroundWrite:
 
 
 def start_background_write(
-    session: Any,
-    step: int,
-    snapshot: dict[Any, Any],
-    save: Callable[[Any], Any],
+    session: Any, step: int, save: Callable[[Any], Any]
 ) -> BackgroundWrite:
-    """Start writing *snapshot* (tensor → value) as the checkpoint of *step*.
+    """Start ``save(session)`` as the checkpoint write of *step*, on its thread.
 
-    ``save(feeding_session)`` runs on the write's thread inside the session's
-    graph and does the actual `Saver.save`.
+    *session* is a snapshot's session (`feeding_session`,
+    `ShadowSnapshot.session_for`); ``save`` runs inside the session's graph and
+    does the actual `Saver.save`.
     """
-    feeding = _feeding_session(session, snapshot)
     graph = session.graph
 
     def write() -> Any:
         with graph.as_default():
-            return save(feeding)
+            return save(session)
 
     return BackgroundWrite(step, write)

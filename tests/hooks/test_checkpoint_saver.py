@@ -15,6 +15,7 @@ from tensorflow.python.training import basic_session_run_hooks
 
 import asyncsess
 from asyncsess.hooks import CheckpointSaverHook, CheckpointSaverListener
+from asyncsess.hooks._writers import ShadowSnapshot
 
 from ..conftest import Model
 
@@ -532,3 +533,125 @@ async def test_background_write_with_the_scaffolds_sharded_saver(
         assert hook._snapshot is not None  # fed from a snapshot, not synchronous
     assert kept_steps(tmp_path) == [0, 2, 3]
     assert latest_step(tmp_path) == 3
+
+
+# -- background writes: the snapshot taken inside TensorFlow ------------------------
+
+
+def checkpoint_keys(path: str) -> set[str]:
+    return {name for name, _ in tf.train.list_variables(path)}
+
+
+async def test_background_snapshot_is_taken_in_tensorflow(
+    model: Model, tmp_path: Path, gated: GatedSaver
+) -> None:
+    hook = background_hook(tmp_path, gated, save_steps=1)
+    report = v1.report_uninitialized_variables()  # what a Scaffold's ready_op runs
+    async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+        await sess.run(model.train_op, {model.x: 1.0})
+        plan = hook._snapshot
+        assert isinstance(plan, ShadowSnapshot)  # built in begin()
+        shadows = {v.name for v in plan.shadows}
+        # No collection a Saver, a Scaffold's init or ready op reads holds them.
+        for key in (v1.GraphKeys.GLOBAL_VARIABLES, v1.GraphKeys.LOCAL_VARIABLES):
+            assert shadows.isdisjoint(v.name for v in model.graph.get_collection(key))
+        assert shadows.isdisjoint(v.name for v in v1.global_variables())
+        ready = await sess.run_without_hooks(report)
+        assert list(ready) == []
+        w = await sess.run_without_hooks(model.w)
+    path = tf.train.latest_checkpoint(str(tmp_path))
+    assert path.endswith("model.ckpt-1")
+    assert checkpoint_keys(path) == {"global_step", "w"}
+    with tf.Graph().as_default():
+        step = v1.train.get_or_create_global_step()
+        var = v1.get_variable("w", initializer=0.0)
+        with v1.Session() as raw:
+            v1.train.Saver().restore(raw, path)
+            assert raw.run([step, var]) == [1, w]
+
+
+async def test_background_meta_graph_has_the_original_saver(
+    model: Model, tmp_path: Path, gated: GatedSaver
+) -> None:
+    hook = background_hook(tmp_path, gated, save_steps=1)
+    async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+        await sess.run(model.inc)
+    path = os.path.join(str(tmp_path), "model.ckpt-1")
+    with tf.Graph().as_default():
+        saver = v1.train.import_meta_graph(path + ".meta")
+        assert saver.saver_def == gated.saver.saver_def
+        with v1.Session() as raw:
+            saver.restore(raw, path)
+            assert raw.run(v1.train.get_global_step()) == 1
+
+
+async def test_background_write_keeps_max_to_keep(model: Model, tmp_path: Path) -> None:
+    saver = v1.train.Saver(max_to_keep=2)
+    hook = CheckpointSaverHook(
+        str(tmp_path), save_steps=1, saver=saver, background_write=True
+    )
+    async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+        for _ in range(4):
+            await sess.run(model.inc)
+        assert isinstance(hook._snapshot, ShadowSnapshot)
+    assert kept_steps(tmp_path) == [3, 4]
+    assert saver.last_checkpoints == [
+        os.path.join(str(tmp_path), f"model.ckpt-{s}") for s in (3, 4)
+    ]
+    indexes = sorted(glob.glob(str(tmp_path / "model.ckpt-*.index")))
+    assert [os.path.basename(p) for p in indexes] == [
+        "model.ckpt-3.index",
+        "model.ckpt-4.index",
+    ]
+    assert checkpoint_events(tmp_path) == [0, 1, 2, 3, 4]
+
+
+async def test_background_tf_write_error_keeps_its_type(
+    model: Model, tmp_path: Path, gated: GatedSaver
+) -> None:
+    hook = background_hook(tmp_path, gated, save_steps=1)
+    gated.fail[2] = tf.errors.ResourceExhaustedError(None, None, "quota")
+    with pytest.raises(tf.errors.ResourceExhaustedError, match="quota"):
+        async with asyncsess.MonitoredSession(hooks=[hook]) as sess:
+            for _ in range(3):
+                await sess.run(model.inc)
+    assert kept_steps(tmp_path) == [0, 1]
+
+
+async def test_background_snapshot_with_the_scaffolds_default_saver(
+    model: Model, tmp_path: Path
+) -> None:
+    # The Scaffold's saver appears only at finalize: the shadows are built then.
+    hook = CheckpointSaverHook(str(tmp_path), save_steps=2, background_write=True)
+    async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+        for _ in range(3):
+            await sess.run(model.train_op, {model.x: 1.0})
+        assert isinstance(hook._snapshot, ShadowSnapshot)
+        assert model.graph.finalized
+        assert not {v.name for v in hook._snapshot.shadows} & {
+            v.name for v in v1.global_variables()
+        }
+        w = await sess.run_without_hooks(model.w)
+    path = tf.train.latest_checkpoint(str(tmp_path))
+    assert checkpoint_keys(path) == {"global_step", "w"}
+    assert kept_steps(tmp_path) == [0, 2, 3]
+    with tf.Graph().as_default():
+        step = v1.train.get_or_create_global_step()
+        var = v1.get_variable("w", initializer=0.0)
+        with v1.Session() as raw:
+            v1.train.Saver(sharded=True).restore(raw, path)
+            assert raw.run([step, var]) == [3, w]
+
+
+async def test_background_partitioned_variable_falls_back_to_feeding(
+    tmp_path: Path,
+) -> None:
+    with tf.Graph().as_default():
+        v1.train.get_or_create_global_step()
+        inc = v1.assign_add(v1.train.get_global_step(), 1)
+        v1.get_variable("p", shape=[4], partitioner=v1.fixed_size_partitioner(2))
+        hook = CheckpointSaverHook(str(tmp_path), save_steps=1, background_write=True)
+        async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+            await sess.run(inc)
+            assert isinstance(hook._snapshot, list)
+    assert kept_steps(tmp_path) == [0, 1]
