@@ -168,14 +168,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    # asyncsess._serve (the `serve` extra) is optional: import it only here.
-    # Its contract: main(args: argparse.Namespace) -> int (the exit status).
-    if not _installed("asyncsess._serve"):
-        sys.stderr.write(
-            "asyncsess serve: this version of asyncsess has no web service yet "
-            "(asyncsess._serve is missing).\n"
-        )
-        return EXIT_ERROR
+    # The web service needs the `serve` extra (starlette, uvicorn): import it only
+    # here. Its contract: main(args: argparse.Namespace) -> int (the exit status).
     try:
         from . import _serve  # type: ignore[attr-defined, unused-ignore]
 
@@ -189,13 +183,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     return status
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -249,3 +236,10 @@ def _port(text: str) -> int:
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {value}")
     return value
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False

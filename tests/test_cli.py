@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
+import asyncsess
 from asyncsess import _cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,16 +117,21 @@ class TestUsage:
         assert result.returncode == 2
         assert "argument --steps: must be >= 0" in result.stderr
 
-    @pytest.mark.skipif(
-        importlib.util.find_spec("asyncsess._serve") is not None,
-        reason="asyncsess._serve exists",
-    )
-    def test_serve_without_its_module_says_so(
+    def test_serve_without_its_extra_names_it(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        # What a user without the `serve` extra sees: starlette cannot be imported.
+        fake = types.ModuleType("asyncsess._serve")
+
+        def main(args: object) -> int:
+            raise ModuleNotFoundError("No module named 'starlette'", name="starlette")
+
+        fake.main = main  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "asyncsess._serve", fake)
+        monkeypatch.setattr(asyncsess, "_serve", fake, raising=False)
         monkeypatch.setattr(_cli, "_setup_logging", lambda verbose: None)
         assert _cli.main(["serve"]) == _cli.EXIT_ERROR
-        assert "asyncsess._serve is missing" in capsys.readouterr().err
+        assert "pip install 'asyncsess[serve]'" in capsys.readouterr().err
 
     def test_an_error_exits_1_naming_it(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
