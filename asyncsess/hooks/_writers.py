@@ -6,6 +6,7 @@ thread (through `run_in_session_thread`) or, for background writes, its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import threading
@@ -209,31 +210,17 @@ class ShadowSnapshot:
         original = self._saver_def
         shadow = self.saver.saver_def
 
-        class RedirectingSession(session_interface()):  # type: ignore[misc]
-            graph = session.graph
-            sess_str = session.sess_str
+        def redirect(fetches: Any, feed_dict: Any) -> tuple[Any, Any]:
+            if (
+                fetches == original.save_tensor_name
+                and feed_dict is not None
+                and set(feed_dict) == {original.filename_tensor_name}
+            ):
+                filename = feed_dict[original.filename_tensor_name]
+                return shadow.save_tensor_name, {shadow.filename_tensor_name: filename}
+            return fetches, feed_dict
 
-            def run(
-                self,
-                fetches: Any,
-                feed_dict: Any = None,
-                options: Any = None,
-                run_metadata: Any = None,
-            ) -> Any:
-                if (
-                    fetches == original.save_tensor_name
-                    and feed_dict is not None
-                    and set(feed_dict) == {original.filename_tensor_name}
-                ):
-                    fetches = shadow.save_tensor_name
-                    feed_dict = {
-                        shadow.filename_tensor_name: feed_dict[
-                            original.filename_tensor_name
-                        ]
-                    }
-                return session.run(fetches, feed_dict, options, run_metadata)
-
-        return RedirectingSession()
+        return _rewriting_session(session, redirect)
 
 
 def shadow_snapshot(saver: Any, graph: Any) -> ShadowSnapshot | None:
@@ -253,10 +240,32 @@ def shadow_snapshot(saver: Any, graph: Any) -> ShadowSnapshot | None:
 
 def feeding_session(session: Any, feeds: dict[Any, Any]) -> Any:
     """A session for `Saver.save` whose runs also feed *feeds*."""
+    return _rewriting_session(
+        session, lambda fetches, feed_dict: (fetches, {**feeds, **(feed_dict or {})})
+    )
 
-    class FeedingSession(session_interface()):  # type: ignore[misc]
-        graph = session.graph
-        sess_str = session.sess_str
+
+def _rewriting_session(
+    session: Any, rewrite: Callable[[Any, Any], tuple[Any, Any]]
+) -> Any:
+    """*session* for `Saver.save`, with each run's fetches and feeds rewritten."""
+    return _rewriting_session_class()(session, rewrite)
+
+
+@functools.cache
+def _rewriting_session_class() -> type:
+    # Built once, on first use: TF's SessionInterface is imported lazily.
+    class RewritingSession(session_interface()):  # type: ignore[misc]
+        def __init__(self, session: Any, rewrite: Any) -> None:
+            self._session, self._rewrite = session, rewrite
+
+        @property
+        def graph(self) -> Any:
+            return self._session.graph
+
+        @property
+        def sess_str(self) -> Any:
+            return self._session.sess_str
 
         def run(
             self,
@@ -265,11 +274,10 @@ def feeding_session(session: Any, feeds: dict[Any, Any]) -> Any:
             options: Any = None,
             run_metadata: Any = None,
         ) -> Any:
-            return session.run(
-                fetches, {**feeds, **(feed_dict or {})}, options, run_metadata
-            )
+            fetches, feed_dict = self._rewrite(fetches, feed_dict)
+            return self._session.run(fetches, feed_dict, options, run_metadata)
 
-    return FeedingSession()
+    return RewritingSession
 
 
 class BackgroundWrite:
