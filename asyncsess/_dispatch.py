@@ -13,18 +13,17 @@ import inspect
 import sys
 import types
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._exceptions import collapse, explain_finalized, tag_source
+from ._exceptions import explain_finalized, tag_source
 from ._graph import _drive, graph_context, in_graph
 from ._hook import SessionRunHook, describe, hook_name
 from ._tf import OutOfRangeError, SessionRunValues, TFSessionRunHook
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    pass
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -283,31 +282,6 @@ def call_sync(entry: HookEntry, phase: str, *args: Any) -> Any:
         raise better from exc
 
 
-async def gather(calls: Sequence[Callable[[], Any]]) -> list[Any]:
-    """Await every call concurrently and return their results in order.
-
-    A single call is awaited directly (no task group). When one call raises, the
-    others are cancelled and that error propagates with its own type.
-    """
-    if len(calls) == 1:
-        return [await calls[0]()]
-    results: list[Any] = [None] * len(calls)
-
-    async def run_one(index: int) -> None:
-        results[index] = await calls[index]()
-
-    error: BaseException | None = None
-    try:
-        async with anyio.create_task_group() as tg:
-            for index in range(len(calls)):
-                tg.start_soon(run_one, index)
-    except BaseExceptionGroup as group:
-        error = collapse(group)
-    if error is not None:
-        raise error
-    return results
-
-
 class Dispatcher:
     """Calls the session's hooks for every phase, in TensorFlow's order."""
 
@@ -362,55 +336,29 @@ class Dispatcher:
         for entry in self.sync_before:
             requests[entry.request_slot] = call_sync(entry, "before_run", run_context)
 
-    def values_for(
-        self,
-        entry: HookEntry,
-        slots: tuple[int | None, ...],
-        outputs: Any,
-        options: Any,
-        run_metadata: Any,
-    ) -> Any:
-        """The SessionRunValues for *entry*'s after_run."""
-        index = slots[entry.request_slot] if entry.request_slot >= 0 else None
-        results = outputs[index] if index is not None else None
+    def values_for(self, entry: HookEntry, step: Any) -> Any:
+        """The SessionRunValues for *entry*'s after_run of *step*."""
+        index = step.slots[entry.request_slot] if entry.request_slot >= 0 else None
         return SessionRunValues(
-            results=results, options=options, run_metadata=run_metadata
+            results=step.outputs[index] if index is not None else None,
+            options=step.options,
+            run_metadata=step.run_metadata,
         )
 
     def sync_after_run(self, run_context: Any, step: Any) -> None:
         """Call the TF hooks' after_run (on the worker thread) with their values."""
         for entry in self.sync_after:
-            values = self.values_for(
-                entry, step.slots, step.outputs, step.options, step.run_metadata
-            )
-            call_sync(entry, "after_run", run_context, values)
+            call_sync(entry, "after_run", run_context, self.values_for(entry, step))
 
-    async def after_run(self, run_context: Any, step: Any) -> None:
-        """Await the async hooks' after_run concurrently with their own values."""
-        entries = self.async_after
-        if entries:
-            arglists = [
-                (
-                    run_context,
-                    self.values_for(
-                        e, step.slots, step.outputs, step.options, step.run_metadata
-                    ),
-                )
-                for e in entries
-            ]
-            await call_phase(entries, "after_run", self.graph, arglists, self.spawn)
-
-    def after_run_calls(
+    def after_run_args(
         self, entries: list[HookEntry], run_context: Any, step: Any
-    ) -> list[Callable[[], Any]]:
-        """The after_run calls of *entries* for *step*, ready to be awaited later."""
-        graph = self.graph
-        calls: list[Callable[[], Any]] = []
-        for entry in entries:
-            values = self.values_for(
-                entry, step.slots, step.outputs, step.options, step.run_metadata
-            )
-            calls.append(
-                partial(call_async, entry, "after_run", graph, run_context, values)
-            )
-        return calls
+    ) -> list[tuple[Any, ...]]:
+        """The arguments of *entries*' after_run for *step*: each its own values."""
+        return [(run_context, self.values_for(e, step)) for e in entries]
+
+    async def after_run(
+        self, entries: list[HookEntry], arglists: list[tuple[Any, ...]]
+    ) -> None:
+        """Await *entries*' after_run concurrently (see `after_run_args`)."""
+        if entries:
+            await call_phase(entries, "after_run", self.graph, arglists, self.spawn)

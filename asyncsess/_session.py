@@ -14,7 +14,7 @@ import anyio
 
 from ._backend import Completion, current_bridge
 from ._creators import ChiefSessionCreator, adapt_creator
-from ._dispatch import Dispatcher, call_async, call_sync, gather
+from ._dispatch import Dispatcher, call_async, call_sync
 from ._exceptions import explain_finalized, source_of
 from ._graph import in_graph
 from ._hook import SessionRunHook, describe, hook_name
@@ -144,7 +144,8 @@ class MonitoredSession:
         self._recoveries = 0
         self._in_a_row = 0
         self._broken: str | None = None
-        #: The previous step's overlapping after_run calls, not yet awaited.
+        #: The previous step's run context and the overlapping hooks' after_run
+        #: arguments, not yet awaited.
         self._pending: tuple[Any, list[Any]] | None = None
 
     # -- public properties ------------------------------------------------------
@@ -662,7 +663,6 @@ class MonitoredSession:
                 self._run_cache.run, sess, fetches, feed_dict, options, run_metadata
             )
             return await self._await_step(completion)
-        # 1. before_run: async hooks concurrently, here on the loop.
         run_context = RunContext(
             original_args=SessionRunArgs(fetches, feed_dict), session=sess
         )
@@ -675,12 +675,17 @@ class MonitoredSession:
                 step = await self._overlapped(pending, self._before_and_step, *args)
             # 3. after_run: async hooks concurrently, with their own results;
             #    overlapping hooks' after_run waits for the next step.
-            await dispatch.after_run(run_context, step)
-            if dispatch.overlap_after:
-                calls = dispatch.after_run_calls(
-                    dispatch.overlap_after, run_context, step
+            if dispatch.async_after:
+                await dispatch.after_run(
+                    dispatch.async_after,
+                    dispatch.after_run_args(dispatch.async_after, run_context, step),
                 )
-                self._pending = (run_context, calls)
+            if dispatch.overlap_after:
+                overlap = dispatch.overlap_after
+                self._pending = (
+                    run_context,
+                    dispatch.after_run_args(overlap, run_context, step),
+                )
         finally:
             # Honour a stop request even if a later after_run raised (TF loses it).
             if run_context.stop_requested:
@@ -721,12 +726,12 @@ class MonitoredSession:
         An error from those after_runs is raised here, after the step; a step
         error waits for them and wins. Tested in tests/test_overlap.py.
         """
-        previous_context, calls = pending
+        previous_context, arglists = pending
         errors: list[BaseException] = []
 
         async def drain() -> None:
             try:
-                await gather(calls)
+                await self._dispatch.after_run(self._dispatch.overlap_after, arglists)
             except Exception as exc:
                 errors.append(exc)
 
@@ -750,7 +755,7 @@ class MonitoredSession:
         """Await the overlapping after_runs still pending (before hooks' end)."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            await gather(pending[1])
+            await self._dispatch.after_run(self._dispatch.overlap_after, pending[1])
             if pending[0].stop_requested:
                 self._note_hook_stop(pending[0])
 
