@@ -582,21 +582,25 @@ class MonitoredSession:
         Raises:
           RuntimeError: the session is not open, or a stop was requested.
 
-        Cancellation: always yields. Cancelled during ``before_run``: no step runs
-        and the session stays usable. Cancelled during the device step: the step
-        is given `step_cancel_grace` seconds to finish (then the session stays
-        usable, but this step's ``after_run`` is not called); if it is blocked
-        inside TensorFlow longer, the TF session is closed to interrupt it, the
-        step's effects are unknown, and the session can only be closed.
-        Cancelled during ``after_run``: the step ran and the session stays usable.
+        Cancellation: always yields, and the session stays usable. Cancelled
+        during ``before_run``: no step runs. Cancelled during the device step: the
+        step is given `step_cancel_grace` seconds to finish and this step's
+        ``after_run`` is not called; a step still blocked inside TensorFlow after
+        that is abandoned (its effects are unknown, the next step waits for it,
+        and closing the session interrupts it). Cancelled during ``after_run``:
+        the step ran.
         """
         self._check_can_run()
-        assert self._lock is not None
+        lock = self._lock
+        assert lock is not None
+        # Only a caller that has to wait can see the state change meanwhile.
+        waits = lock.locked()
         # Hooks' run_in_session_thread() finds this session's worker through it.
         token = current_worker.set(self._worker)
         try:
-            async with self._lock:
-                self._check_can_run()
+            async with lock:
+                if waits:
+                    self._check_can_run()
                 return await self._run_recovering(
                     self._hooked_run, fetches, feed_dict, options, run_metadata
                 )
@@ -619,7 +623,7 @@ class MonitoredSession:
 
         Cancellation: as `run`.
         """
-        if self._state is not State.OPEN:
+        if self._state is not State.OPEN or self._broken is not None:
             self._check_can_run()
         assert self._lock is not None
         assert self._bridge is not None
