@@ -299,6 +299,8 @@ class Dispatcher:
         self.sync_after = [e for e in after if not e.is_async]
         #: True when a step needs nothing from any hook: run() takes the fast path.
         self.idle = not self.requesters and not after
+        #: Whether some after_run needs SessionRunValues (options, run_metadata).
+        self.wants_values = bool(after)
         #: Starts a task in the session's task group (set when the session opens).
         self.spawn: Callable[..., None] | None = None
 

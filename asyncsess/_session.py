@@ -791,16 +791,18 @@ class MonitoredSession:
             merged.options,
             merged.run_metadata,
         )
+        options, run_metadata = merged.options, merged.run_metadata
+        if dispatch.wants_values:
+            # Hooks' SessionRunValues carry a RunOptions and a RunMetadata even when
+            # the step had none, as in TensorFlow; built only when an after_run runs.
+            options = RunOptions() if options is None else options
+            run_metadata = RunMetadata() if run_metadata is None else run_metadata
         step = StepOutcome(
             result=outputs[0] if merged.wrapped else outputs,
             outputs=outputs,
             slots=merged.slots,
-            options=merged.options if merged.options is not None else RunOptions(),
-            run_metadata=(
-                merged.run_metadata
-                if merged.run_metadata is not None
-                else RunMetadata()
-            ),
+            options=options,
+            run_metadata=run_metadata,
         )
         if dispatch.sync_after:
             dispatch.sync_after_run(run_context, step)
