@@ -20,7 +20,8 @@ from ._graph import in_graph
 from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
 from ._recovery import RecoveryPolicy, is_preemption
-from ._runargs import RunCache, merge
+from ._run_cache import RunCache
+from ._runargs import merge
 from ._step import StepContext, check_step_fn, stop_requested_by
 from ._stop import RunContext, StopReason
 from ._tf import (
@@ -164,6 +165,27 @@ class MonitoredSession:
     def recovery_count(self) -> int:
         """How many times the TF session was recreated after a preemption."""
         return self._recoveries
+
+    @property
+    def caller_thread_below(self) -> float:
+        """Seconds under which a step may run on the worker thread itself.
+
+        TensorFlow runs a step's ops on its inter-op thread pool, a thread hop that
+        costs more than a trivial step. A step signature (fetches and feed keys)
+        of a local session that takes less than this on the pool is timed both
+        ways for a few steps and keeps whichever was faster
+        (``RunOptions.inter_op_thread_pool=-1``). Default 1 ms; 0 turns it off.
+        """
+        return self._run_cache.probe_below
+
+    @caller_thread_below.setter
+    def caller_thread_below(self, seconds: float) -> None:
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(
+                "caller_thread_below must be a number of seconds >= 0; "
+                f"Received: caller_thread_below={seconds!r}"
+            )
+        self._run_cache.configure(float(seconds))
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
+import itertools
+import threading
 from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from asyncsess._runargs import RunCache, fetch_key
+from asyncsess._run_cache import CALLER_THREAD, RunCache, fetch_key
 
 v1 = tf.compat.v1
 
@@ -96,7 +98,9 @@ class TestRunCache:
         options = v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE)
         cache.run(sess, t["c"], None, options, meta)
         assert meta.step_stats.dev_stats
-        assert not cache._callables
+        assert len(cache._signatures) == 2  # the fed ones; not the one with options
+        for _ in range(40):  # fed steps are measured and may use the caller thread
+            assert cache.run(sess, t["y"], {t["x"]: 2.0}) == 4.0
 
     def test_errors_are_session_runs(self, model: Any) -> None:
         _, sess, t = model
@@ -145,3 +149,108 @@ class TestRunCache:
         assert fetch_key({1: t["c"]}) != fetch_key({True: t["c"]})
         assert fetch_key(collections.OrderedDict(a=t["c"])) is None
         assert fetch_key([object()]) is None
+
+
+def _scripted(pool_s: float, thread_s: float) -> Any:
+    """A clock for RunCache: pooled probes take *pool_s*, caller-thread *thread_s*.
+
+    Probes alternate pool, caller thread, ...; each reads the clock twice.
+    """
+    ticks = itertools.count()
+    now = 0.0
+
+    def clock() -> float:
+        nonlocal now
+        tick = next(ticks)
+        if tick % 2:
+            now += pool_s if (tick // 2) % 2 == 0 else thread_s
+        return now
+
+    return clock
+
+
+def _runs_needed(cache: RunCache) -> int:
+    return cache.warmup + 2 * cache.probes
+
+
+class TestCallerThread:
+    """Steps that run faster on the calling thread than on TF's inter-op pool."""
+
+    @pytest.fixture
+    def traced(self) -> Any:
+        """A step whose py_func records the thread that ran it."""
+        threads: list[int] = []
+
+        def record(x: Any) -> Any:
+            threads.append(threading.get_ident())
+            return x
+
+        graph = tf.Graph()
+        with graph.as_default():
+            step = v1.train.get_or_create_global_step()
+            inc = step.assign_add(1)
+            out = v1.py_func(record, [inc], tf.int64, stateful=True)
+            sess = v1.Session(graph=graph)
+            sess.run(v1.global_variables_initializer())
+        yield sess, out, threads
+        sess.close()
+
+    def test_faster_caller_thread_is_kept(self, traced: Any) -> None:
+        sess, out, threads = traced
+        cache = RunCache()
+        cache.clock = _scripted(pool_s=100e-6, thread_s=10e-6)
+        values = [cache.run(sess, out) for _ in range(_runs_needed(cache) + 5)]
+        assert values == list(range(1, len(values) + 1))  # one step per call
+        assert next(iter(cache._signatures.values())).inline is True
+        assert threads[-5:] == [threading.get_ident()] * 5
+
+    def test_slower_caller_thread_is_dropped(self, traced: Any) -> None:
+        sess, out, threads = traced
+        cache = RunCache()
+        cache.clock = _scripted(pool_s=100e-6, thread_s=300e-6)
+        for _ in range(_runs_needed(cache) + 5):
+            cache.run(sess, out)
+        assert next(iter(cache._signatures.values())).inline is False
+        assert threading.get_ident() not in threads[-5:]
+
+    def test_slow_steps_never_try(self, traced: Any) -> None:
+        sess, out, threads = traced
+        cache = RunCache()
+        cache.clock = _scripted(pool_s=5e-3, thread_s=1e-6)
+        for _ in range(cache.warmup + 1):
+            cache.run(sess, out)
+        assert next(iter(cache._signatures.values())).inline is False
+        assert threading.get_ident() not in threads
+
+    def test_off_and_remote_sessions_never_try(self, traced: Any) -> None:
+        sess, out, threads = traced
+        cache = RunCache()
+        cache.configure(0)
+        cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
+        for _ in range(_runs_needed(cache) + 1):
+            cache.run(sess, out)
+        assert threading.get_ident() not in threads
+        server = v1.train.Server.create_local_server()
+        with v1.Session(server.target, graph=sess.graph) as remote:
+            remote.run(v1.global_variables_initializer())
+            cache = RunCache()
+            cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
+            for _ in range(_runs_needed(cache) + 1):
+                cache.run(remote, out)
+        assert next(iter(cache._signatures.values())).inline is False
+
+    def test_step_whose_results_depend_on_order_keeps_the_pool(self) -> None:
+        graph = tf.Graph()
+        with graph.as_default():
+            n = v1.get_variable("n", initializer=0, trainable=False)
+            inc = v1.assign_add(n, 1)
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            cache = RunCache()
+            cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
+            for _ in range(_runs_needed(cache) + 2):
+                cache.run(sess, [inc, n])
+            assert next(iter(cache._signatures.values())).inline is False
+
+    def test_caller_thread_options_are_tf_own(self) -> None:
+        assert CALLER_THREAD.inter_op_thread_pool == -1
