@@ -133,29 +133,31 @@ async def call_phase(
     with graph_context(graph):
         for index, entry in enumerate(entries):
             quiet = entry.quiet.get(phase, 0)
-            # A hook that has not suspended lately is probed without a scope
-            # (cheap); should it suspend now, it is driven here and a failing
-            # sibling waits for it instead of cancelling it. Others get a scope
-            # before their first step, so that they can be cancelled.
-            scope = _NO_SCOPE if quiet >= _QUIET else anyio.CancelScope()
-            scope.__enter__()
+            if quiet >= _QUIET:
+                # A hook that has not suspended lately is probed without a scope
+                # (cheap); should it suspend now, it is driven here and a failing
+                # sibling waits for it instead of cancelling it.
+                scope = _NO_SCOPE
+            else:  # others get a scope first, so that they can be cancelled
+                scope = anyio.CancelScope()
+                scope.__enter__()
             try:
                 result = getattr(entry.hook, phase)(*arglists[index])
-                if inspect.isawaitable(result):
-                    if not isinstance(result, types.CoroutineType):
-                        result = _await(result)
-                    suspended = (index, result, result.send(None), scope)
-                    entry.quiet[phase] = 0
-                    break
+                if type(result) is not types.CoroutineType:
+                    if not inspect.isawaitable(result):
+                        raise StopIteration(result)  # a plain method's value
+                    result = _await(result)
+                suspended = (index, result, result.send(None), scope)
+                entry.quiet[phase] = 0
+                break
             except StopIteration as stop:
-                result = stop.value
+                results[index] = stop.value
             except BaseException as exc:
                 scope.__exit__(type(exc), exc, exc.__traceback__)
                 raise _tagged_or_same(exc, entry, phase) from exc.__cause__
-            scope.__exit__(None, None, None)
             if quiet < _QUIET:
+                scope.__exit__(None, None, None)
                 entry.quiet[phase] = quiet + 1
-            results[index] = result
     if suspended is not None:  # this hook goes on here, the later ones beside it
         index, coro, yielded, scope = suspended
         await _finish_beside(

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built every step, frozen init costs 2x
 class MergedRun:
     """What one device step runs, and where each hook's results come back."""
 

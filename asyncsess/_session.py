@@ -21,7 +21,7 @@ from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
 from ._recovery import RecoveryPolicy, is_preemption
 from ._run_cache import RunCache
-from ._runargs import merge
+from ._runargs import MergedRun, merge
 from ._step import StepContext, check_step_fn, stop_requested_by
 from ._stop import RunContext, StopReason
 from ._tf import (
@@ -58,7 +58,7 @@ class State(enum.Enum):
     CLOSED = 5  # everything released; close() again is a no-op
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built every step, frozen init costs 2x
 class StepOutcome:
     """One device step's outputs, as the hooks' after_run need them."""
 
@@ -729,21 +729,41 @@ class MonitoredSession:
         # 1. before_run: async hooks concurrently, here on the loop.
         requests: list[Any] = [None] * len(self._dispatch.requesters)
         await self._dispatch.before_run(run_context, requests)
-        # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
-        #    all in one hand-off to the worker thread.
-        assert self._worker is not None
-        completion = self._worker.submit(
-            self._step_on_worker,
-            self._tf_sess,
-            run_context,
-            requests,
+        dispatch, worker = self._dispatch, self._worker
+        assert worker is not None
+        if dispatch.sync_before or dispatch.sync_after:
+            # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
+            #    all in one hand-off to the worker thread.
+            completion = worker.submit(
+                self._step_on_worker,
+                self._tf_sess,
+                run_context,
+                requests,
+                fetches,
+                feed_dict,
+                options,
+                run_metadata,
+            )
+            step: StepOutcome = await self._await_step(completion)
+            return step
+        # 2. Merge here and hand the worker nothing but the device step.
+        merged = merge(
             fetches,
             feed_dict,
             options,
             run_metadata,
+            dispatch.requester_hooks,
+            requests,
         )
-        step: StepOutcome = await self._await_step(completion)
-        return step
+        completion = worker.submit(
+            self._run_cache.run,
+            self._tf_sess,
+            merged.fetches,
+            merged.feed_dict,
+            merged.options,
+            merged.run_metadata,
+        )
+        return self._outcome(merged, await self._await_step(completion))
 
     async def _overlapped(self, pending: Any, step_fn: Any, *args: Any) -> Any:
         """Run *step_fn* while the previous step's overlapping after_runs run.
@@ -813,22 +833,25 @@ class MonitoredSession:
             merged.options,
             merged.run_metadata,
         )
+        step = self._outcome(merged, outputs)
+        if dispatch.sync_after:
+            dispatch.sync_after_run(run_context, step)
+        return step
+
+    def _outcome(self, merged: MergedRun, outputs: Any) -> StepOutcome:
         options, run_metadata = merged.options, merged.run_metadata
-        if dispatch.wants_values:
+        if self._dispatch.wants_values:
             # Hooks' SessionRunValues carry a RunOptions and a RunMetadata even when
             # the step had none, as in TensorFlow; built only when an after_run runs.
             options = RunOptions() if options is None else options
             run_metadata = RunMetadata() if run_metadata is None else run_metadata
-        step = StepOutcome(
+        return StepOutcome(
             result=outputs[0] if merged.wrapped else outputs,
             outputs=outputs,
             slots=merged.slots,
             options=options,
             run_metadata=run_metadata,
         )
-        if dispatch.sync_after:
-            dispatch.sync_after_run(run_context, step)
-        return step
 
     async def _await_step(self, completion: Completion) -> Any:
         bridge = self._bridge

@@ -254,3 +254,34 @@ class TestCallerThread:
 
     def test_caller_thread_options_are_tf_own(self) -> None:
         assert CALLER_THREAD.inter_op_thread_pool == -1
+
+
+class TestSessionSetting:
+    """MonitoredSession.caller_thread_below drives its RunCache."""
+
+    async def test_steps_move_to_the_worker_thread_and_back(self) -> None:
+        import asyncsess
+
+        names: list[str] = []
+
+        def record(x: Any) -> Any:
+            names.append(threading.current_thread().name)
+            return x
+
+        with tf.Graph().as_default():
+            step = v1.train.get_or_create_global_step()
+            out = v1.py_func(record, [step.assign_add(1)], tf.int64, stateful=True)
+            sess = asyncsess.MonitoredSession()
+            with pytest.raises(ValueError, match="Received: caller_thread_below=-1"):
+                sess.caller_thread_below = -1
+            assert sess.caller_thread_below == 1e-3
+            async with sess:
+                sess._run_cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
+                for _ in range(_runs_needed(sess._run_cache) + 3):
+                    await sess.run(out)
+                assert all(n.startswith("asyncsess-worker") for n in names[-3:])
+                sess.caller_thread_below = 0
+                for _ in range(3):
+                    await sess.run(out)
+                assert not any(n.startswith("asyncsess-worker") for n in names[-3:])
+                assert await sess.run(step) == len(names)
