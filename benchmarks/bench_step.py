@@ -181,11 +181,22 @@ async def _open(case: Case, backend: str, stack: AsyncExitStack) -> dict[str, An
     out["sync"] = run_sync
     if "to_thread" in case.contenders:
         out["to_thread"] = _to_thread(backend, mon.run, sync_op)
+    out["asyncsess"] = await _open_async(case, stack)
+    if "asyncsess_pool" in case.contenders:
+        out["asyncsess_pool"] = await _open_async(case, stack, caller_thread=False)
+    return out
+
+
+async def _open_async(
+    case: Case, stack: AsyncExitStack, caller_thread: bool = True
+) -> Callable[[int], Awaitable[None]]:
     graph, op = build_graph(case.size)
     with graph.as_default():
         sess = asyncsess.MonitoredSession(
             asyncsess.ChiefSessionCreator(config=_config()), hooks=case.async_hooks()
         )
+    if not caller_thread:  # every step on TF's inter-op pool: the hand-off floor
+        sess.caller_thread_below = 0
     await stack.enter_async_context(sess)
 
     async def run_async(n: int) -> None:
@@ -194,8 +205,7 @@ async def _open(case: Case, backend: str, stack: AsyncExitStack) -> dict[str, An
             for _ in range(n):
                 await sess.run(op)
 
-    out["asyncsess"] = run_async
-    return out
+    return run_async
 
 
 def _to_thread(backend: str, fn: Any, op: Any) -> Callable[[int], Awaitable[None]]:
@@ -234,17 +244,25 @@ def measure(case: Case, rounds: int) -> Case:
 
 
 def _ratio_rows(
-    case: Case, title: str, den: str, target: str, limit: float, strict: bool = False
+    case: Case,
+    title: str,
+    den: str,
+    target: str,
+    limit: float,
+    strict: bool = False,
+    num: str = "asyncsess",
 ) -> list[dict[str, Any]]:
     rows = []
     for backend, label in (("asyncio", "asyncsess"), ("trio", "asyncsess[trio]")):
         times = case.times[backend]
-        if den not in times:
+        if den not in times or num not in times:
             continue
-        rs = ratios(times, "asyncsess", den)
+        if num != "asyncsess":
+            label += f" {_LABELS[num]}"
+        rs = ratios(times, num, den)
         value = median(rs)
         ok = None if target == "report" else value < limit if strict else value <= limit
-        us = median(times["asyncsess"]) * 1e6
+        us = median(times[num]) * 1e6
         us_den = median(times[den]) * 1e6
         rows.append(
             row(
@@ -261,6 +279,7 @@ def _ratio_rows(
 
 
 _LABELS = {
+    "asyncsess_pool": "(caller_thread_below=0)",
     "raw": "raw Session.run",
     "sync": "sync MonitoredSession",
     "to_thread": "to_thread(sync MonitoredSession)",
@@ -269,11 +288,15 @@ _LABELS = {
 
 def _abs_rows(case: Case, title: str) -> list[dict[str, Any]]:
     rows = []
-    labels = {**_LABELS, "asyncsess": "asyncsess"}
+    labels = {
+        **_LABELS,
+        "asyncsess": "asyncsess",
+        "asyncsess_pool": "asyncsess (caller_thread_below=0)",
+    }
     for backend in ("asyncio", "trio"):
         times = case.times[backend]
         for name, values in times.items():
-            if backend == "trio" and name != "asyncsess":
+            if backend == "trio" and not name.startswith("asyncsess"):
                 continue  # the TF contenders are the same on both backends
             label = labels[name] + (" [trio]" if backend == "trio" else "")
             if name == "to_thread" and backend == "trio":
@@ -305,11 +328,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             lambda: [AsyncNoOp() for _ in range(3)],
             lambda: [TFNoOp() for _ in range(3)],
             _steps(0.3, 3e-4, quick),
+            contenders=("raw", "sync", "to_thread", "asyncsess", "asyncsess_pool"),
         ),
         rounds,
     )
     title = "trivial step, 3 no-op hooks"
     rows += _ratio_rows(trivial, title, "sync", "<= 1.3 (issue 3: <= 1.4)", 1.3)
+    # Every step on TF's inter-op pool: what the two thread hops alone cost.
+    rows += _ratio_rows(trivial, title, "sync", "report", 0.0, num="asyncsess_pool")
     rows += _ratio_rows(trivial, title, "to_thread", "< 1.0", 1.0, strict=True)
     rows += _abs_rows(trivial, title)
 
