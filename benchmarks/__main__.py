@@ -3,6 +3,8 @@
 Runs each ``benchmarks/bench_*.py`` module's ``run(quick)``, prints one table,
 writes ``benchmarks/results/latest.json`` and ``latest.png`` (``quick.json`` and
 ``quick.png`` with ``--quick``, so a quick run never overwrites the full one).
+With ``--only``, the re-run benchmarks' rows replace theirs in the existing file
+and the others are kept.
 The chart needs matplotlib (``pip install matplotlib``); without it the chart is
 skipped with a message.
 """
@@ -173,6 +175,35 @@ def chart(rows: list[dict[str, Any]], info: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def merge_rerun(
+    previous: dict[str, Any],
+    rows: list[dict[str, Any]],
+    timings: dict[str, Any],
+    info: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """*previous* results with the benchmarks in *timings* replaced by *rows*.
+
+    Rows keep their place; the machine info stays the full run's, with each
+    re-run listed under ``reruns``.
+    """
+    fresh: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        fresh.setdefault(r["benchmark"], []).append(r)
+    merged: list[dict[str, Any]] = []
+    for r in previous["rows"]:
+        label = r.get("benchmark")
+        if label not in timings:
+            merged.append(r)
+        elif label in fresh:
+            merged += fresh.pop(label)
+    for left in fresh.values():
+        merged += left
+    kept = dict(previous["machine"])
+    rerun = {k: info[k] for k in ("date", "load_at_start", "load_at_end", "seconds")}
+    kept["reruns"] = [*kept.get("reruns", []), {"benchmarks": sorted(timings), **rerun}]
+    return merged, {**previous["benchmarks"], **timings}, kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (< 2 min)")
@@ -194,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     stem = "quick" if args.quick else "latest"
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{stem}.json"
+    if args.only and out.exists():  # re-ran some: keep the others' figures
+        rows, timings, info = merge_rerun(
+            json.loads(out.read_text()), rows, timings, info
+        )
+        print("== all figures, with the re-run ones replaced")
+        print_table(rows)
     report = {"quick": args.quick, "machine": info, "benchmarks": timings, "rows": rows}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out}")

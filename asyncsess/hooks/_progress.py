@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .._hook import SessionRunHook
 from .._tf import SessionRunArgs, as_graph_element, global_step_read
+from .._worker import run_in_session_thread
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -33,8 +34,8 @@ class ProgressBarHook(SessionRunHook):
     progress bar; otherwise plain INFO lines on the ``asyncsess.hooks.progress``
     logger, at most one per ``log_every_secs`` plus a last one at the end.
     The step shown is the global step each step reads, plus one, as TensorFlow's
-    hooks count; build the model under that read (as Estimator does) to make it
-    exact::
+    hooks count (build the model under that read, as Estimator does, to make it
+    exact); the last update at the end reads the step exactly::
 
         hooks = [asyncsess.hooks.ProgressBarHook(last_step=1000,
                                                  tensors={"loss": loss})]
@@ -55,8 +56,10 @@ class ProgressBarHook(SessionRunHook):
       ValueError: for a negative ``last_step`` or ``log_every_secs`` or an
         ``every_n_steps`` below 1.
 
-    Cancellation: every method runs inline (no await inside); the bar is closed
-    by ``end`` or, when an error or cancellation ends the session, ``on_error``.
+    Cancellation: ``before_run`` and ``after_run`` run inline (no await inside);
+    ``end`` reads the exact final step on the session's worker thread and, even
+    when cancelled there, closes the bar; when an error or a cancellation ends
+    the session, ``on_error`` closes it.
     """
 
     def __init__(
@@ -113,7 +116,15 @@ class ProgressBarHook(SessionRunHook):
         self._show(step, values, final=False)
 
     async def end(self, session: Any) -> None:
-        self._close()
+        try:
+            if self._latest is not None:
+                # The last step read races with its increment: read it exactly.
+                step = await run_in_session_thread(session.run, self._fetches[_STEP])
+                self._latest = (int(step), self._latest[1])
+        except Exception:  # a display must not fail the session's end
+            logger.debug("Reading the final global step failed", exc_info=True)
+        finally:
+            self._close()
 
     async def on_error(self, exc: BaseException, session: Any) -> None:
         self._close()

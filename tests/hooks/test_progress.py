@@ -101,6 +101,25 @@ class TestLogLines:
         ]
         assert progress_lines(caplog)[1].startswith("step 4 ")
 
+    async def test_the_last_line_reads_the_step_exactly(
+        self, model: Model, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, PROGRESS_LOGGER)
+        hook = ProgressBarHook(20, stream=io.StringIO(), log_every_secs=0)
+        with model.graph.as_default():
+            jump = v1.assign_add(v1.train.get_global_step(), 10)
+        async with asyncsess.MonitoredSession(hooks=[hook]) as sess:
+            for _ in range(3):
+                await sess.run(model.train_op)
+            await sess.run_without_hooks(jump)  # the hook does not see this one
+        lines = progress_lines(caplog)
+        assert [line.split(" (")[0] for line in lines] == [
+            "step 1/20",
+            "step 2/20",
+            "step 3/20",
+            "step 13/20",
+        ]
+
     async def test_tensors_by_name(
         self, model: Model, caplog: pytest.LogCaptureFixture
     ) -> None:
