@@ -1,11 +1,12 @@
-"""Recovery from preemption: which errors, how many retries, and how far apart."""
+"""Recovery from preemption: which errors, how many retries, how far apart, and why."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
-from ._tf import PREEMPTION_ERRORS
+from ._tf import PREEMPTION_ERRORS, OutOfRangeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +71,28 @@ class RecoveryPolicy:
 def is_preemption(exc: BaseException) -> bool:
     """Whether *exc* is one of TensorFlow's preemption errors."""
     return isinstance(exc, PREEMPTION_ERRORS)
+
+
+def raise_coordinator_error(coord: Any) -> None:
+    """Raise the coordinator's reported error, unless it is a preemption."""
+    try:
+        coord.raise_requested_exception()
+    except Exception as exc:
+        if not is_preemption(exc):
+            raise
+
+
+def coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
+    """TF's rule: a preemption held by the coordinator is the root cause of *exc*.
+
+    So is any error it holds when the step hit end of input: the coordinator's
+    stop closed the queues (tests/test_queues.py, source errors).
+    """
+    if coord is None or is_preemption(exc):
+        return exc
+    try:
+        coord.raise_requested_exception()
+    except Exception as held:
+        if is_preemption(held) or isinstance(exc, OutOfRangeError):
+            return held
+    return exc

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -15,21 +12,22 @@ import anyio
 from ._backend import Completion, current_bridge
 from ._creators import ChiefSessionCreator, adapt_creator
 from ._dispatch import Dispatcher, call_async, call_sync
-from ._exceptions import explain_finalized, source_of
-from ._graph import in_graph
+from ._exceptions import source_of
 from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
-from ._recovery import RecoveryPolicy, is_preemption
+from ._recovery import (
+    RecoveryPolicy,
+    coordinator_root_cause,
+    is_preemption,
+    raise_coordinator_error,
+)
 from ._run_cache import RunCache
-from ._runargs import MergedRun, merge
-from ._step import StepContext, check_step_fn, stop_requested_by
-from ._stop import RunContext, StopReason
+from ._step import StepFnRunner, check_step_fn
+from ._steps import StepPath
+from ._stop import StopReason
 from ._tf import (
     Coordinator,
     OutOfRangeError,
-    RunMetadata,
-    RunOptions,
-    SessionRunArgs,
     TFSessionRunHook,
     default_graph,
     errors,
@@ -58,18 +56,7 @@ class State(enum.Enum):
     CLOSED = 5  # everything released; close() again is a no-op
 
 
-@dataclass(slots=True)  # not frozen: built every step, frozen init costs 2x
-class StepOutcome:
-    """One device step's outputs, as the hooks' after_run need them."""
-
-    result: Any
-    outputs: Any
-    slots: tuple[int | None, ...]
-    options: Any
-    run_metadata: Any
-
-
-class MonitoredSession:
+class MonitoredSession(StepPath, StepFnRunner):
     """Session-like object that handles initialization, recovery and hooks, async.
 
     The anyio-native counterpart of `tf.compat.v1.train.MonitoredSession`::
@@ -532,7 +519,7 @@ class MonitoredSession:
         coord = self._coord
         if coord is None:
             return False
-        _raise_coordinator_error(coord)
+        raise_coordinator_error(coord)
         if coord.should_stop():
             self._stop = StopReason("coordinator", "The coordinator was asked to stop.")
             return True
@@ -584,7 +571,7 @@ class MonitoredSession:
                 f"({stop.detail} Check sess.should_stop() before each run().)"
             )
         if self._coord is not None:
-            _raise_coordinator_error(self._coord)
+            raise_coordinator_error(self._coord)
 
     async def run(
         self,
@@ -660,7 +647,7 @@ class MonitoredSession:
             try:
                 result = await run(*args)
             except Exception as exc:
-                error = _coordinator_root_cause(self._coord, exc)
+                error = coordinator_root_cause(self._coord, exc)
                 if not (self._should_recover and is_preemption(error)):
                     if error is exc:
                         raise
@@ -669,237 +656,6 @@ class MonitoredSession:
                 continue
             self._in_a_row = 0
             return result
-
-    async def _plain_run(
-        self, fetches: Any, feed_dict: Any, options: Any, meta: Any
-    ) -> Any:
-        assert self._worker is not None
-        completion = self._worker.submit(
-            self._run_cache.run, self._tf_sess, fetches, feed_dict, options, meta
-        )
-        return await self._await_step(completion)
-
-    async def _hooked_run(
-        self, fetches: Any, feed_dict: Any, options: Any, run_metadata: Any
-    ) -> Any:
-        dispatch, worker, sess = self._dispatch, self._worker, self._tf_sess
-        assert worker is not None
-        if dispatch.idle:  # no hook takes part in steps: one hand-off, nothing else
-            completion = worker.submit(
-                self._run_cache.run, sess, fetches, feed_dict, options, run_metadata
-            )
-            return await self._await_step(completion)
-        run_context = RunContext(
-            original_args=SessionRunArgs(fetches, feed_dict), session=sess
-        )
-        args = (run_context, fetches, feed_dict, options, run_metadata)
-        pending, self._pending = self._pending, None
-        try:
-            if pending is None:
-                step = await self._before_and_step(*args)
-            else:  # the previous step's overlapping after_runs run meanwhile
-                step = await self._overlapped(pending, self._before_and_step, *args)
-            # 3. after_run: async hooks concurrently, with their own results;
-            #    overlapping hooks' after_run waits for the next step.
-            if dispatch.async_after:
-                await dispatch.after_run(
-                    dispatch.async_after,
-                    dispatch.after_run_args(dispatch.async_after, run_context, step),
-                )
-            if dispatch.overlap_after:
-                overlap = dispatch.overlap_after
-                self._pending = (
-                    run_context,
-                    dispatch.after_run_args(overlap, run_context, step),
-                )
-        finally:
-            # Honour a stop request even if a later after_run raised (TF loses it).
-            if run_context.stop_requested:
-                self._note_hook_stop(run_context)
-        return step.result
-
-    async def _before_and_step(
-        self,
-        run_context: Any,
-        fetches: Any,
-        feed_dict: Any,
-        options: Any,
-        run_metadata: Any,
-    ) -> StepOutcome:
-        # 1. before_run: async hooks concurrently, here on the loop.
-        requests: list[Any] = [None] * len(self._dispatch.requesters)
-        await self._dispatch.before_run(run_context, requests)
-        dispatch, worker = self._dispatch, self._worker
-        assert worker is not None
-        if dispatch.sync_before or dispatch.sync_after:
-            # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
-            #    all in one hand-off to the worker thread.
-            completion = worker.submit(
-                self._step_on_worker,
-                self._tf_sess,
-                run_context,
-                requests,
-                fetches,
-                feed_dict,
-                options,
-                run_metadata,
-            )
-            step: StepOutcome = await self._await_step(completion)
-            return step
-        # 2. Merge here and hand the worker nothing but the device step.
-        merged = merge(
-            fetches,
-            feed_dict,
-            options,
-            run_metadata,
-            dispatch.requester_hooks,
-            requests,
-        )
-        completion = worker.submit(
-            self._run_cache.run,
-            self._tf_sess,
-            merged.fetches,
-            merged.feed_dict,
-            merged.options,
-            merged.run_metadata,
-        )
-        return self._outcome(merged, await self._await_step(completion))
-
-    async def _overlapped(self, pending: Any, step_fn: Any, *args: Any) -> Any:
-        """Run *step_fn* while the previous step's overlapping after_runs run.
-
-        Both finish before this returns (at most one after_run pending per hook).
-        An error from those after_runs is raised here, after the step; a step
-        error waits for them and wins. Tested in tests/test_overlap.py.
-        """
-        previous_context, arglists = pending
-        errors: list[BaseException] = []
-
-        async def drain() -> None:
-            try:
-                await self._dispatch.after_run(self._dispatch.overlap_after, arglists)
-            except Exception as exc:
-                errors.append(exc)
-
-        step_error: BaseException | None = None
-        result: Any = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drain)
-            try:
-                result = await step_fn(*args)
-            except Exception as exc:
-                step_error = exc
-        if previous_context.stop_requested:
-            self._note_hook_stop(previous_context)
-        if step_error is not None:
-            raise step_error
-        if errors:
-            raise errors[0]
-        return result
-
-    async def _drain_pending(self) -> None:
-        """Await the overlapping after_runs still pending (before hooks' end)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await self._dispatch.after_run(self._dispatch.overlap_after, pending[1])
-            if pending[0].stop_requested:
-                self._note_hook_stop(pending[0])
-
-    def _step_on_worker(
-        self,
-        sess: Any,
-        run_context: Any,
-        requests: list[Any],
-        fetches: Any,
-        feed_dict: Any,
-        options: Any,
-        run_metadata: Any,
-    ) -> StepOutcome:
-        dispatch = self._dispatch
-        if dispatch.sync_before:
-            dispatch.sync_before_run(run_context, requests)
-        merged = merge(
-            fetches,
-            feed_dict,
-            options,
-            run_metadata,
-            dispatch.requester_hooks,
-            requests,
-        )
-        outputs = self._run_cache.run(
-            sess,
-            merged.fetches,
-            merged.feed_dict,
-            merged.options,
-            merged.run_metadata,
-        )
-        step = self._outcome(merged, outputs)
-        if dispatch.sync_after:
-            dispatch.sync_after_run(run_context, step)
-        return step
-
-    def _outcome(self, merged: MergedRun, outputs: Any) -> StepOutcome:
-        options, run_metadata = merged.options, merged.run_metadata
-        if self._dispatch.wants_values:
-            # Hooks' SessionRunValues carry a RunOptions and a RunMetadata even when
-            # the step had none, as in TensorFlow; built only when an after_run runs.
-            options = RunOptions() if options is None else options
-            run_metadata = RunMetadata() if run_metadata is None else run_metadata
-        return StepOutcome(
-            result=outputs[0] if merged.wrapped else outputs,
-            outputs=outputs,
-            slots=merged.slots,
-            options=options,
-            run_metadata=run_metadata,
-        )
-
-    async def _await_step(self, completion: Completion) -> Any:
-        bridge = self._bridge
-        assert bridge is not None
-        try:
-            await bridge.wait(completion)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._settle_cancelled_step(completion)
-            raise
-        return completion.result()
-
-    async def _settle_cancelled_step(self, completion: Completion) -> None:
-        """A step's caller was cancelled: let it finish briefly, else abandon it.
-
-        An abandoned step keeps running on the worker thread (TF cannot stop it)
-        and its outcome is dropped; the next step queues behind it, and closing the
-        session interrupts it. Pinned by tests/test_cancellation.py.
-        """
-        bridge, worker = self._bridge, self._worker
-        assert bridge is not None
-        assert worker is not None
-        with anyio.move_on_after(self.step_cancel_grace):
-            await bridge.wait(completion)
-        if completion.done:
-            completion.error = None  # the caller is gone; its outcome is dropped
-            return
-        worker.abandon(completion)
-        logger.warning(
-            "A cancelled step is still running inside TensorFlow after %.2fs; its "
-            "result is dropped and its effects are unknown. The next step waits for "
-            "it; closing the session interrupts it.",
-            self.step_cancel_grace,
-        )
-
-    async def _interrupt_stuck_step(self, sess: Any) -> None:
-        """Close the TF session to interrupt an abandoned step, and wait for it."""
-        worker = self._worker
-        assert worker is not None
-        if self._coord is not None:
-            # Stop the queue runners first, so the interrupted enqueues they see are
-            # not reported as errors.
-            self._coord.request_stop()
-        logger.info("Closing the TF session to interrupt an abandoned step.")
-        # Session.close() cancels the steps running in it; it does not wait.
-        await anyio.to_thread.run_sync(sess.close, abandon_on_cancel=True)
-        # A no-op job runs once the abandoned one has returned.
-        await self._wait_bounded(worker.submit(_nothing))
 
     # -- step functions -----------------------------------------------------------
 
@@ -928,70 +684,6 @@ class MonitoredSession:
             return await self._run_step_fn(step_fn)
         finally:
             current_worker.reset(token)
-
-    async def _run_step_fn(self, step_fn: Any) -> Any:
-        is_async = inspect.iscoroutinefunction(step_fn) or inspect.iscoroutinefunction(
-            getattr(step_fn, "__call__", None)  # noqa: B004
-        )
-        while True:
-            try:
-                if is_async:
-                    context = StepContext(self._tf_sess, self.run)
-                    return await in_graph(step_fn(context), self._graph)
-                return await self._run_sync_step_fn(step_fn)
-            except Exception as exc:
-                if stop_requested_by(exc):
-                    if self._stop is None:
-                        self._stop = StopReason(
-                            "step_fn",
-                            "step_context.request_stop() was called.",
-                            "step_fn",
-                        )
-                    return None
-                better = explain_finalized(exc, "The step_fn")
-                if better is not exc:
-                    raise better from exc
-                error = _coordinator_root_cause(self._coord, exc)
-                if not (self._should_recover and is_preemption(error)):
-                    raise
-                await self._recover(error, "running a step_fn")
-
-    async def _run_sync_step_fn(self, step_fn: Any) -> Any:
-        graph, session = self._graph, self._tf_sess
-
-        def run_with_hooks(*args: Any, **kwargs: Any) -> Any:
-            return anyio.from_thread.run(lambda: self.run(*args, **kwargs))
-
-        bridge = self._bridge
-        assert bridge is not None
-        completion = Completion()
-
-        def call() -> None:
-            try:
-                with graph.as_default():
-                    completion.value = step_fn(StepContext(session, run_with_hooks))
-            except BaseException as exc:
-                completion.error = exc
-            bridge.post(bridge.deliver, completion)
-
-        # The thread is abandoned (not waited for) once the caller is cancelled and
-        # the grace has passed: a step_fn blocked inside TF (a dequeue) would
-        # otherwise hold the caller forever; closing the session interrupts it
-        # (tests/test_cancellation.py, run_step_fn_plain_blocked_dequeue).
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                partial(anyio.to_thread.run_sync, abandon_on_cancel=True), call
-            )
-            try:
-                await bridge.wait(completion)
-            except anyio.get_cancelled_exc_class():
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(self.step_cancel_grace),
-                ):
-                    await bridge.wait(completion)
-                raise
-        return completion.result()
 
 
 class SingularMonitoredSession(MonitoredSession):
@@ -1050,32 +742,3 @@ def _hook_list(hooks: Any) -> list[Any]:
             f"Received: hooks={describe(hooks)}"
         )
     return list(hooks)
-
-
-def _raise_coordinator_error(coord: Any) -> None:
-    """Raise the coordinator's reported error, unless it is a preemption."""
-    try:
-        coord.raise_requested_exception()
-    except Exception as exc:
-        if not is_preemption(exc):
-            raise
-
-
-def _coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
-    """TF's rule: a preemption held by the coordinator is the root cause of *exc*.
-
-    So is any error it holds when the step hit end of input: the coordinator's
-    stop closed the queues (tests/test_queues.py, source errors).
-    """
-    if coord is None or is_preemption(exc):
-        return exc
-    try:
-        coord.raise_requested_exception()
-    except Exception as held:
-        if is_preemption(held) or isinstance(exc, OutOfRangeError):
-            return held
-    return exc
-
-
-def _nothing() -> None:
-    """A no-op job: its completion marks that earlier jobs have returned."""

@@ -1,12 +1,23 @@
-"""StepContext and the rules of ``run_step_fn`` (plain or async step functions)."""
+"""``run_step_fn``: StepContext, its rules, and the loop running a step function."""
 
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._backend import Completion
+from ._exceptions import explain_finalized
+from ._graph import in_graph
+from ._recovery import coordinator_root_cause, is_preemption
+from ._stop import StopReason
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from ._backend import LoopBridge
 
 
 class StepStopRequested(StopIteration):
@@ -79,3 +90,85 @@ def check_step_fn(step_fn: Any) -> None:
             "`step_context` arguments if it's an instance method. "
             f"Got {params} instead."
         )
+
+
+class StepFnRunner:
+    """`MonitoredSession.run_step_fn`'s loop (a mixin; state lives there)."""
+
+    _graph: Any
+    _tf_sess: Any
+    _coord: Any
+    _bridge: LoopBridge | None
+    _stop: StopReason | None
+    _should_recover: bool
+    step_cancel_grace: float
+
+    if TYPE_CHECKING:
+
+        async def run(self, *args: Any, **kwargs: Any) -> Any: ...
+
+        async def _recover(self, exc: BaseException, during: str) -> None: ...
+
+    async def _run_step_fn(self, step_fn: Any) -> Any:
+        is_async = inspect.iscoroutinefunction(step_fn) or inspect.iscoroutinefunction(
+            getattr(step_fn, "__call__", None)  # noqa: B004
+        )
+        while True:
+            try:
+                if is_async:
+                    context = StepContext(self._tf_sess, self.run)
+                    return await in_graph(step_fn(context), self._graph)
+                return await self._run_sync_step_fn(step_fn)
+            except Exception as exc:
+                if stop_requested_by(exc):
+                    if self._stop is None:
+                        self._stop = StopReason(
+                            "step_fn",
+                            "step_context.request_stop() was called.",
+                            "step_fn",
+                        )
+                    return None
+                better = explain_finalized(exc, "The step_fn")
+                if better is not exc:
+                    raise better from exc
+                error = coordinator_root_cause(self._coord, exc)
+                if not (self._should_recover and is_preemption(error)):
+                    raise
+                await self._recover(error, "running a step_fn")
+
+    async def _run_sync_step_fn(self, step_fn: Any) -> Any:
+        graph, session = self._graph, self._tf_sess
+
+        def run_with_hooks(*args: Any, **kwargs: Any) -> Any:
+            return anyio.from_thread.run(lambda: self.run(*args, **kwargs))
+
+        bridge = self._bridge
+        assert bridge is not None
+        completion = Completion()
+
+        def call() -> None:
+            try:
+                with graph.as_default():
+                    completion.value = step_fn(StepContext(session, run_with_hooks))
+            except BaseException as exc:
+                completion.error = exc
+            bridge.post(bridge.deliver, completion)
+
+        # The thread is abandoned (not waited for) once the caller is cancelled and
+        # the grace has passed: a step_fn blocked inside TF (a dequeue) would
+        # otherwise hold the caller forever; closing the session interrupts it
+        # (tests/test_cancellation.py, run_step_fn_plain_blocked_dequeue).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                partial(anyio.to_thread.run_sync, abandon_on_cancel=True), call
+            )
+            try:
+                await bridge.wait(completion)
+            except anyio.get_cancelled_exc_class():
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self.step_cancel_grace),
+                ):
+                    await bridge.wait(completion)
+                raise
+        return completion.result()
