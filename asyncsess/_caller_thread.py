@@ -48,6 +48,10 @@ _CALLS = frozenset({
 })  # fmt: skip
 
 
+#: Steps with more ops than this keep the pool (no step this big is short).
+MAX_OPS = 50_000
+
+
 def safe_on_caller_thread(graph: Any, leaves: list[Any]) -> bool:
     """Whether the step fetching *leaves* from *graph* may run on one thread."""
     try:
@@ -74,7 +78,10 @@ class _Step:
         self.ops = _reachable(
             [e if isinstance(e, tf.Operation) else e.op for e in elements]
         )
-        self._ancestors: dict[int, set[int]] = {}
+        if len(self.ops) > MAX_OPS:
+            raise ValueError("too large to look through")
+        self._ancestors = _ancestor_bits(self.ops)
+        self._bit = {id(op): 1 << i for i, op in enumerate(self.ops)}
         self._sources: dict[int, list[Any]] = {}
 
     def safe(self) -> bool:
@@ -126,15 +133,10 @@ class _Step:
         """Whether op *a* surely runs before *b* (a fetch read surely runs last)."""
         if isinstance(a, _FetchRead):
             return False
+        bit = self._bit[id(a)]
         if isinstance(b, _FetchRead):
-            return a is b.after or id(a) in self._ancestors_of(b.after)
-        return id(a) in self._ancestors_of(b)
-
-    def _ancestors_of(self, op: Any) -> set[int]:
-        key = id(op)
-        if key not in self._ancestors:
-            self._ancestors[key] = {id(o) for o in _reachable([op])} - {key}
-        return self._ancestors[key]
+            return a is b.after or bool(self._ancestors[id(b.after)] & bit)
+        return bool(self._ancestors[id(b)] & bit)
 
 
 class _FetchRead:
@@ -144,6 +146,46 @@ class _FetchRead:
 
     def __init__(self, after: Any) -> None:
         self.after = after
+
+
+def _ancestor_bits(ops: list[Any]) -> dict[int, int]:
+    """For each op of *ops* (closed under inputs), the bits of the ops it needs.
+
+    Bit i stands for ``ops[i]``; one pass in dependency order, so the cost is
+    about len(ops) big-integer ORs.
+    """
+    bit = {id(op): 1 << i for i, op in enumerate(ops)}
+    ancestors: dict[int, int] = {}
+    for op in _in_dependency_order(ops):
+        bits = 0
+        for parent in _parents(op):  # a loop's back edge is left out: fewer
+            # known orderings only ever make a step look less safe
+            bits |= ancestors.get(id(parent), 0) | bit[id(parent)]
+        ancestors[id(op)] = bits
+    return ancestors
+
+
+def _parents(op: Any) -> list[Any]:
+    return [t.op for t in op.inputs] + list(op.control_inputs)
+
+
+def _in_dependency_order(ops: list[Any]) -> list[Any]:
+    """*ops*, each after every op it depends on (iterative depth-first search)."""
+    order: list[Any] = []
+    done: set[int] = set()
+    started: set[int] = set()  # a loop's back edge leads to one of these: skipped
+    for root in ops:
+        stack = [(root, False)]
+        while stack:
+            op, expanded = stack.pop()
+            if expanded:
+                done.add(id(op))
+                order.append(op)
+            elif id(op) not in started:
+                started.add(id(op))
+                stack.append((op, True))
+                stack += [(p, False) for p in _parents(op) if id(p) not in started]
+    return order
 
 
 def _reachable(roots: list[Any]) -> list[Any]:

@@ -84,3 +84,34 @@ def test_filling_and_draining_one_area_is_not(graph: tf.Graph) -> None:
 
 def test_what_it_cannot_resolve_is_unsafe(graph: tf.Graph) -> None:
     assert not safe(graph, "no_such_tensor:0")
+
+
+def test_loops_of_both_control_flow_versions(graph: tf.Graph) -> None:
+    n = v1.get_variable("n", initializer=0, trainable=False)
+    looped = v1.while_loop(lambda i: i < 3, lambda i: i + 1, [tf.constant(0)])
+    assert safe(graph, looped, n.assign_add(1))
+    v1.disable_control_flow_v2()
+    try:
+        old_style = v1.while_loop(lambda i: i < 3, lambda i: i + 1, [tf.constant(0)])
+        assert any(op.type == "NextIteration" for op in graph.get_operations())
+        assert safe(graph, old_style, n.assign_add(1))
+        # A loop reading the variable its neighbour updates is not.
+        reads = v1.while_loop(
+            lambda i: i < 3, lambda i: i + tf.cast(n.read_value(), tf.int32), [0]
+        )
+        assert not safe(graph, reads, n.assign_add(1))
+    finally:
+        v1.enable_control_flow_v2()
+
+
+def test_large_steps_are_looked_through_quickly(graph: tf.Graph) -> None:
+    import time
+
+    step = v1.train.get_or_create_global_step()
+    total = tf.constant(0.0)
+    for i in range(300):
+        w = v1.get_variable(f"w{i}", initializer=1.0)
+        total = total + w.assign_add(1.0)
+    start = time.perf_counter()
+    assert safe(graph, total, step.assign_add(1))
+    assert time.perf_counter() - start < 30  # a hang guard, not a timing target
