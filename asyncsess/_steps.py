@@ -119,36 +119,13 @@ class StepPath:
         if dispatch.sync_before or dispatch.sync_after:
             # 2. TF hooks' before_run, merge, device step and TF hooks' after_run,
             #    all in one hand-off to the worker thread.
-            completion = worker.submit(
-                self._step_on_worker,
-                self._tf_sess,
-                run_context,
-                requests,
-                fetches,
-                feed_dict,
-                options,
-                run_metadata,
-            )
-            step: StepOutcome = await self._await_step(completion)
-            return step
-        # 2. Merge here and hand the worker nothing but the device step.
-        merged = merge(
-            fetches,
-            feed_dict,
-            options,
-            run_metadata,
-            dispatch.requester_hooks,
-            requests,
-        )
-        completion = worker.submit(
-            self._run_cache.run,
-            self._tf_sess,
-            merged.fetches,
-            merged.feed_dict,
-            merged.options,
-            merged.run_metadata,
-        )
-        return self._outcome(merged, await self._await_step(completion))
+            args = (run_context, requests, fetches, feed_dict, options, run_metadata)
+            job = worker.submit(self._step_on_worker, self._tf_sess, *args)
+        else:  # 2. Merge here; the worker runs nothing but the device step.
+            merged = self._merge(requests, fetches, feed_dict, options, run_metadata)
+            job = worker.submit(self._device_step, self._tf_sess, merged)
+        step: StepOutcome = await self._await_step(job)
+        return step
 
     async def _overlapped(self, pending: Any, step_fn: Any, *args: Any) -> Any:
         """Run *step_fn* while the previous step's overlapping after_runs run.
@@ -203,14 +180,25 @@ class StepPath:
         dispatch = self._dispatch
         if dispatch.sync_before:
             dispatch.sync_before_run(run_context, requests)
-        merged = merge(
-            fetches,
-            feed_dict,
-            options,
-            run_metadata,
-            dispatch.requester_hooks,
-            requests,
-        )
+        merged = self._merge(requests, fetches, feed_dict, options, run_metadata)
+        step = self._device_step(sess, merged)
+        if dispatch.sync_after:
+            dispatch.sync_after_run(run_context, step)
+        return step
+
+    def _merge(
+        self,
+        requests: list[Any],
+        fetches: Any,
+        feed_dict: Any,
+        options: Any,
+        run_metadata: Any,
+    ) -> MergedRun:
+        hooks = self._dispatch.requester_hooks
+        return merge(fetches, feed_dict, options, run_metadata, hooks, requests)
+
+    def _device_step(self, sess: Any, merged: MergedRun) -> StepOutcome:
+        """Run *merged* on the worker thread: what the hooks' after_run see."""
         outputs = self._run_cache.run(
             sess,
             merged.fetches,
@@ -218,10 +206,7 @@ class StepPath:
             merged.options,
             merged.run_metadata,
         )
-        step = self._outcome(merged, outputs)
-        if dispatch.sync_after:
-            dispatch.sync_after_run(run_context, step)
-        return step
+        return self._outcome(merged, outputs)
 
     def _outcome(self, merged: MergedRun, outputs: Any) -> StepOutcome:
         options, run_metadata = merged.options, merged.run_metadata
