@@ -167,10 +167,6 @@ class AsyncQueueRunner:
         options = CallableOptions()
         options.feed.extend(p.name for p in self._placeholders)
         options.target.append(self.enqueue_op.name)
-        if not getattr(sess, "sess_str", "x"):
-            # One op on one queue: run it on the calling thread, skipping TF's
-            # hop to its inter-op pool (see _run_cache.py).
-            options.run_options.inter_op_thread_pool = -1
         try:
             return sess._make_callable_from_options(options)  # type: ignore[no-any-return]
         except AttributeError:  # pragma: no cover - a session without it

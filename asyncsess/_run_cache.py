@@ -104,12 +104,13 @@ def _callables_allowed(sess: Any) -> bool:
 class _Signature:
     """One fetch structure (and feed keys): how it runs and what it measured."""
 
-    __slots__ = ("fn", "inline", "leaves", "pool_s", "thread_s", "warm")
+    __slots__ = ("feeds", "fn", "inline", "leaves", "pool_s", "thread_s", "warm")
 
-    def __init__(self, fn: Any, leaves: list[Any]) -> None:
+    def __init__(self, fn: Any, leaves: list[Any], feeds: list[Any]) -> None:
         #: The make_callable (None when the step has feeds: Session.run runs it).
         self.fn = fn
         self.leaves = leaves
+        self.feeds = feeds
         #: None while measuring; then whether the caller thread runs the step.
         self.inline: bool | None = None
         self.warm = 0
@@ -199,7 +200,8 @@ class RunCache:
                 return None
         if len(self._signatures) >= self.max_entries:
             self._signatures.clear()
-        signature = self._signatures[key] = _Signature(fn, leaves)
+        feeds = list(feed_dict) if feed_dict else []
+        signature = self._signatures[key] = _Signature(fn, leaves, feeds)
         if not self._local or self.probe_below <= 0:
             signature.inline = False
         return signature
@@ -215,14 +217,19 @@ class RunCache:
         if (
             inline
             and not signature.thread_s
-            and not safe_on_caller_thread(sess.graph, signature.leaves)
+            and not safe_on_caller_thread(sess.graph, signature.leaves, signature.feeds)
         ):
             signature.inline = False
             return self._call(sess, signature, fetches, feed_dict, None)
         start = self.clock()
-        result = self._call(
-            sess, signature, fetches, feed_dict, CALLER_THREAD if inline else None
-        )
+        try:
+            result = self._call(
+                sess, signature, fetches, feed_dict, CALLER_THREAD if inline else None
+            )
+        except BaseException:
+            if inline:  # whatever went wrong there, the pool is what TF does
+                signature.inline = False
+            raise
         elapsed = self.clock() - start
         (signature.thread_s if inline else signature.pool_s).append(elapsed)
         if not inline and statistics.median(signature.pool_s) > self.probe_below:

@@ -159,9 +159,11 @@ class MonitoredSession(StepPath, StepFnRunner):
 
         TensorFlow runs a step's ops on its inter-op thread pool, a thread hop that
         costs more than a trivial step. A step signature (fetches and feed keys)
-        of a local session that takes less than this on the pool is timed both
-        ways for a few steps and keeps whichever was faster
-        (``RunOptions.inter_op_thread_pool=-1``). Default 1 ms; 0 turns it off.
+        of a local session that takes less than this on the pool, and whose graph
+        is simple enough to give the same results on one thread (see
+        ``_caller_thread.py``), is timed both ways for a few steps and keeps
+        whichever was faster (``RunOptions.inter_op_thread_pool=-1``). Default
+        1 ms; 0 turns it off.
         """
         return self._run_cache.probe_below
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import threading
 from typing import Any
 
 import numpy as np
@@ -173,70 +172,102 @@ def _runs_needed(cache: RunCache) -> int:
     return cache.warmup + 2 * cache.probes
 
 
+class Spy(v1.Session):  # type: ignore[misc]
+    """A session recording the RunOptions each cached step ran with."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options: list[Any] = []
+
+    def _do_call(self, fn: Any, *args: Any) -> Any:
+        if len(args) <= 1:  # a cached callable (Session.run passes five)
+            self.options.append(args[0] if args else None)
+        return super()._do_call(fn, *args)
+
+    def ran_on_caller_thread(self, last: int) -> list[bool]:
+        return [o is not None and o.inter_op_thread_pool == -1 for o in self.options][
+            -last:
+        ]
+
+
 class TestCallerThread:
     """Steps that run faster on the calling thread than on TF's inter-op pool."""
 
     @pytest.fixture
-    def traced(self) -> Any:
-        """A step whose py_func records the thread that ran it."""
-        threads: list[int] = []
-
-        def record(x: Any) -> Any:
-            threads.append(threading.get_ident())
-            return x
-
+    def counter(self) -> Any:
+        """A step that increments a resource variable and returns it."""
         graph = tf.Graph()
         with graph.as_default():
             step = v1.train.get_or_create_global_step()
             inc = step.assign_add(1)
-            out = v1.py_func(record, [inc], tf.int64, stateful=True)
-            sess = v1.Session(graph=graph)
+            sess = Spy(graph=graph)
             sess.run(v1.global_variables_initializer())
-        yield sess, out, threads
+        yield sess, inc
         sess.close()
 
-    def test_faster_caller_thread_is_kept(self, traced: Any) -> None:
-        sess, out, threads = traced
+    def test_faster_caller_thread_is_kept(self, counter: Any) -> None:
+        sess, inc = counter
         cache = RunCache()
         cache.clock = _scripted(pool_s=100e-6, thread_s=10e-6)
-        values = [cache.run(sess, out) for _ in range(_runs_needed(cache) + 5)]
+        values = [cache.run(sess, inc) for _ in range(_runs_needed(cache) + 5)]
         assert values == list(range(1, len(values) + 1))  # one step per call
         assert next(iter(cache._signatures.values())).inline is True
-        assert threads[-5:] == [threading.get_ident()] * 5
+        assert sess.ran_on_caller_thread(5) == [True] * 5
 
-    def test_slower_caller_thread_is_dropped(self, traced: Any) -> None:
-        sess, out, threads = traced
+    def test_slower_caller_thread_is_dropped(self, counter: Any) -> None:
+        sess, inc = counter
         cache = RunCache()
         cache.clock = _scripted(pool_s=100e-6, thread_s=300e-6)
         for _ in range(_runs_needed(cache) + 5):
-            cache.run(sess, out)
+            cache.run(sess, inc)
         assert next(iter(cache._signatures.values())).inline is False
-        assert threading.get_ident() not in threads[-5:]
+        assert sess.ran_on_caller_thread(5) == [False] * 5
 
-    def test_slow_steps_never_try(self, traced: Any) -> None:
-        sess, out, threads = traced
+    def test_slow_steps_never_try(self, counter: Any) -> None:
+        sess, inc = counter
         cache = RunCache()
         cache.clock = _scripted(pool_s=5e-3, thread_s=1e-6)
         for _ in range(cache.warmup + 1):
-            cache.run(sess, out)
+            cache.run(sess, inc)
         assert next(iter(cache._signatures.values())).inline is False
-        assert threading.get_ident() not in threads
+        assert not any(sess.ran_on_caller_thread(100))
 
-    def test_off_and_remote_sessions_never_try(self, traced: Any) -> None:
-        sess, out, threads = traced
+    def test_a_failing_caller_thread_probe_falls_back_to_the_pool(
+        self, counter: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sess, inc = counter
+        cache = RunCache()
+        cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
+        real = Spy._do_call
+
+        def fail_on_caller_thread(self: Spy, fn: Any, *args: Any) -> Any:
+            if len(args) == 1 and args[0] is not None:
+                raise tf.errors.InternalError(None, None, "only there")
+            return real(self, fn, *args)
+
+        monkeypatch.setattr(Spy, "_do_call", fail_on_caller_thread)
+        with pytest.raises(tf.errors.InternalError):
+            for _ in range(cache.warmup + 2):
+                cache.run(sess, inc)
+        assert next(iter(cache._signatures.values())).inline is False
+        for _ in range(3):
+            cache.run(sess, inc)  # on the pool from now on
+
+    def test_off_and_remote_sessions_never_try(self, counter: Any) -> None:
+        sess, inc = counter
         cache = RunCache()
         cache.configure(0)
         cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
         for _ in range(_runs_needed(cache) + 1):
-            cache.run(sess, out)
-        assert threading.get_ident() not in threads
+            cache.run(sess, inc)
+        assert not any(sess.ran_on_caller_thread(100))
         server = v1.train.Server.create_local_server()
         with v1.Session(server.target, graph=sess.graph) as remote:
             remote.run(v1.global_variables_initializer())
             cache = RunCache()
             cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
             for _ in range(_runs_needed(cache) + 1):
-                cache.run(remote, out)
+                cache.run(remote, inc)
         assert next(iter(cache._signatures.values())).inline is False
 
     def test_step_whose_results_depend_on_order_keeps_the_pool(self) -> None:
@@ -259,29 +290,24 @@ class TestCallerThread:
 class TestSessionSetting:
     """MonitoredSession.caller_thread_below drives its RunCache."""
 
-    async def test_steps_move_to_the_worker_thread_and_back(self) -> None:
+    async def test_steps_move_to_the_caller_thread_and_back(self) -> None:
         import asyncsess
-
-        names: list[str] = []
-
-        def record(x: Any) -> Any:
-            names.append(threading.current_thread().name)
-            return x
 
         with tf.Graph().as_default():
             step = v1.train.get_or_create_global_step()
-            out = v1.py_func(record, [step.assign_add(1)], tf.int64, stateful=True)
+            inc = step.assign_add(1)
             sess = asyncsess.MonitoredSession()
             with pytest.raises(ValueError, match="Received: caller_thread_below=-1"):
                 sess.caller_thread_below = -1
             assert sess.caller_thread_below == 1e-3
             async with sess:
-                sess._run_cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
-                for _ in range(_runs_needed(sess._run_cache) + 3):
-                    await sess.run(out)
-                assert all(n.startswith("asyncsess-worker") for n in names[-3:])
+                cache = sess._run_cache
+                cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6)
+                for _ in range(_runs_needed(cache) + 3):
+                    await sess.run(inc)
+                assert [s.inline for s in cache._signatures.values()] == [True]
                 sess.caller_thread_below = 0
                 for _ in range(3):
-                    await sess.run(out)
-                assert not any(n.startswith("asyncsess-worker") for n in names[-3:])
-                assert await sess.run(step) == len(names)
+                    await sess.run(inc)
+                assert [s.inline for s in cache._signatures.values()] == [False]
+                assert await sess.run(step) == _runs_needed(cache) + 6
