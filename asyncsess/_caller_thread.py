@@ -46,10 +46,11 @@ _NOT_SIMPLE = frozenset({
     "PartitionedCall", "StatefulPartitionedCall", "StatelessIf", "StatelessWhile",
     "StatelessCase", "If", "While", "Case", "SymbolicGradient", "RemoteCall",
     "PyFunc", "PyFuncStateless", "EagerPyFunc", "Enter", "RefEnter", "Exit",
-    "RefExit", "NextIteration", "RefNextIteration", "LoopCond",
+    "RefExit", "NextIteration", "RefNextIteration", "LoopCond", "GetElementAtIndex",
 })  # fmt: skip
 
-_stateful: dict[str, bool] = {}
+#: Per op type: (stateful, runs functions), read from its OpDef once.
+_kinds: dict[str, tuple[bool, bool]] = {}
 
 
 def safe_on_caller_thread(
@@ -95,7 +96,7 @@ class _Step:
     def safe(self) -> bool:
         if not all(_simple(op) for op in self.ops):
             return False
-        users: dict[tuple[bytes, bytes], list[tuple[Any, bool]]] = {}
+        users: dict[bytes, list[tuple[Any, bool]]] = {}
         for op in self.ops:
             if op.type == "VarHandleOp":
                 continue
@@ -124,11 +125,16 @@ class _Step:
 
 def _simple(op: Any) -> bool:
     kind = op.type
-    if kind in _NOT_SIMPLE:
+    if kind in _NOT_SIMPLE or "Dataset" in kind:
         return False
-    stateful = _stateful.get(kind)
-    if stateful is None:
-        stateful = _stateful[kind] = bool(op.op_def.is_stateful)
+    known = _kinds.get(kind)
+    if known is None:
+        op_def = op.op_def
+        runs_functions = any(a.type in ("func", "list(func)") for a in op_def.attr)
+        known = _kinds[kind] = (bool(op_def.is_stateful), runs_functions)
+    stateful, runs_functions = known
+    if runs_functions:  # For, MapDefun, ...: what they run is not looked at
+        return False
     if not stateful:
         return not any(t.dtype._is_ref_dtype for t in op.outputs)
     return kind in _ORDER_FREE or kind in _VARIABLE_READS or _writes(op)
@@ -139,20 +145,24 @@ def _writes(op: Any) -> bool:
     return kind in _VARIABLE_WRITES or kind.startswith(_WRITE_PREFIXES)
 
 
-def _variable(handle_op: Any) -> tuple[bytes, bytes]:
-    """What names a variable: its container and shared name (else node name)."""
-    container = handle_op.get_attr("container") or b""
-    shared = handle_op.get_attr("shared_name") or handle_op.name.encode()
-    return container, shared
+def _variable(handle_op: Any) -> bytes:
+    """What names a variable: its shared name, whatever the container.
+
+    Handles in the "" and "localhost" containers, and handles with no shared
+    name, can be one variable: grouping too much only makes the check stricter.
+    """
+    return handle_op.get_attr("shared_name") or b""  # type: ignore[no-any-return]
 
 
 def _ordered(
     users: list[tuple[Any, bool]], ancestors: dict[int, int], bit: dict[int, int]
 ) -> bool:
     """Whether every write to one variable is ordered with its other uses."""
-    for i, (a, a_writes) in enumerate(users):
-        for b, b_writes in users[i + 1 :]:
-            if a is b or not (a_writes or b_writes):
+    for a, writes in users:
+        if not writes:
+            continue
+        for b, _ in users:
+            if a is b:
                 continue
             if not (ancestors[id(b)] & bit[id(a)] or ancestors[id(a)] & bit[id(b)]):
                 return False

@@ -102,6 +102,35 @@ def test_one_variable_behind_two_handles(graph: tf.Graph) -> None:
     assert not safe(graph, inc, read)  # a/n and b/n share a name: one variable
 
 
+def test_handles_that_may_name_one_variable(graph: tf.Graph) -> None:
+    raw = tf.raw_ops
+    # "" and "localhost" are one container; handles without a shared name too.
+    localhost = {"container": "localhost", "shared_name": "v"}
+    for first, second in (
+        ({"container": "", "shared_name": "v"}, localhost),
+        ({"shared_name": "", "name": "a"}, {"shared_name": "", "name": "b"}),
+    ):
+        h1 = raw.VarHandleOp(dtype=tf.int32, shape=[], **first)
+        h2 = raw.VarHandleOp(dtype=tf.int32, shape=[], **second)
+        inc = raw.AssignAddVariableOp(resource=h1, value=tf.constant(1))
+        read = raw.ReadVariableOp(resource=h2, dtype=tf.int32)
+        assert not safe(graph, inc, read)
+
+
+def test_ops_running_functions_are_not(graph: tf.Graph) -> None:
+    from tensorflow.python.framework import function
+    from tensorflow.python.ops import functional_ops
+
+    @function.Defun(tf.int32, tf.int32)  # type: ignore[misc]
+    def body(i: Any, x: Any) -> Any:
+        return x + 1
+
+    looped = functional_ops.For(
+        0, 1, 1, [tf.constant(0)], body, rewrite_with_while=False
+    )
+    assert not safe(graph, looped)
+
+
 def test_queues_datasets_staging_and_python_are_not(graph: tf.Graph) -> None:
     staging = StagingArea([tf.float32], shapes=[[]])
     assert not safe(graph, staging.put([tf.constant(1.0)]))
