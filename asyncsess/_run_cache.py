@@ -7,9 +7,10 @@ is cured by a `Session.make_callable` per fetch structure. For the second TF off
 ``RunOptions(inter_op_thread_pool=-1)``, which runs the step on the calling thread
 (the session's worker thread here); config.proto says to use it "ONLY for simple
 graphs, where the overhead of an additional context switch is comparable with the
-overhead of Session::Run()". So each step signature whose results cannot depend
-on it (`safe_on_caller_thread`) is measured both ways for a few steps,
-interleaved, and keeps the caller thread only when it measured faster.
+overhead of Session::Run()". So each step signature of a graph simple enough to
+give the same results that way (`safe_on_caller_thread`) is measured both ways
+for a few steps, interleaved, and keeps the caller thread only when it measured
+faster.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ class RunCache:
     """``sess.run(...)`` with its per-call work done once per step signature.
 
     When no ``RunOptions`` or ``RunMetadata`` are given, a step without feeds
-    runs through a `Session.make_callable` built on its first call, and every
-    step of a local session may run on the calling thread (see the module
-    docstring): `probe_below` bounds the steps that try, 0 turns it off. Results
+    runs through a `Session.make_callable` built on its first call, and a step
+    of a local session with a simple graph may run on the calling thread (see
+    the module docstring): `probe_below` bounds the steps that try, 0 turns it
+    off. Results
     and errors are those of ``Session.run``. One cache per TF session; used on the
     session's worker thread only.
     """
