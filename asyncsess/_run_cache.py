@@ -175,11 +175,8 @@ class RunCache:
             return sess.run(fetches, feed_dict)
         if signature.inline is None:
             return self._measure(sess, signature, fetches, feed_dict)
-        if signature.fn is not None:
-            if signature.inline:
-                return sess._do_call(signature.fn, CALLER_THREAD)
-            return sess._do_call(signature.fn)
-        return sess.run(fetches, feed_dict, CALLER_THREAD if signature.inline else None)
+        options = CALLER_THREAD if signature.inline else None
+        return self._call(sess, signature, fetches, feed_dict, options)
 
     def _signature(self, sess: Any, fetches: Any, feed_dict: Any) -> _Signature | None:
         key = fetch_key(fetches)
