@@ -1,16 +1,18 @@
-"""`Session.run` for one session's steps: cached callables, caller-thread execution.
+"""`Session.run` for one session's steps: cached step plans, caller-thread execution.
 
 Two costs dwarf a trivial device step. ``Session.run`` rebuilds its fetch handler
-on every call, and TensorFlow runs a step's ops on its inter-op thread pool, so even
-a one-op step hops from the calling thread to a pool thread and back. The first
-is cured by a `Session.make_callable` per fetch structure. For the second TF offers
-``RunOptions(inter_op_thread_pool=-1)``, which runs the step on the calling thread
-(the session's worker thread here); config.proto says to use it "ONLY for simple
-graphs, where the overhead of an additional context switch is comparable with the
-overhead of Session::Run()". So each step signature of a graph simple enough to
-give the same results that way (`safe_on_caller_thread`) is measured both ways
-for a few steps, interleaved, and keeps the caller thread only when it measured
-faster.
+and looks up its feeds on every call, and TensorFlow runs a step's ops on its
+inter-op thread pool, so even a one-op step hops from the calling thread to a pool
+thread and back. The first is cured by doing once per step signature (fetch
+structure and feed keys) what `Session.make_callable` does: a step then only
+converts its feed values, as ``Session.run`` would, and calls TF. For the second
+TF offers ``RunOptions(inter_op_thread_pool=-1)``, which runs the step on the
+calling thread (the session's worker thread here); config.proto says to use it
+"ONLY for simple graphs, where the overhead of an additional context switch is
+comparable with the overhead of Session::Run()". So each step signature of a
+graph simple enough to give the same results that way (`safe_on_caller_thread`)
+is measured both ways for a few steps, interleaved, and keeps the caller thread
+only when it measured faster.
 """
 
 from __future__ import annotations
@@ -20,14 +22,28 @@ import time
 from typing import Any
 
 from ._caller_thread import safe_on_caller_thread
-from ._tf import RunOptions, Session, tf
+from ._tf import (
+    RunOptions,
+    Session,
+    feed_converter,
+    fetch_plan,
+    options_buffer,
+    session_run,
+    tf,
+    tf_output,
+)
 
 #: Fetch leaves a cached callable may key by identity: immutable graph objects
 #: (and names, keyed by value). Anything else is run through `Session.run`.
 _LEAVES = (tf.Tensor, tf.Operation, tf.SparseTensor, tf.IndexedSlices, tf.Variable)
 
+#: Feed keys a step plan may key by identity (and names, keyed by value).
+_FEED_KEYS = (tf.Tensor, tf.SparseTensor)
+
 #: Runs the step's ops on the calling thread instead of the inter-op pool.
 CALLER_THREAD = RunOptions(inter_op_thread_pool=-1)
+#: The same, serialized once for TF_SessionRun.
+CALLER_THREAD_BUFFER = options_buffer(CALLER_THREAD)
 
 
 def fetch_key(fetches: Any) -> Any:
@@ -75,7 +91,7 @@ def feed_key(feed_dict: Any) -> Any:
     for key in feed_dict:
         if type(key) is str:
             keys.append(key)
-        elif isinstance(key, tf.Tensor):
+        elif isinstance(key, _FEED_KEYS):
             keys.append(id(key))
         else:
             return None
@@ -99,18 +115,119 @@ def _callables_allowed(sess: Any) -> bool:
         and kind.run is Session.run
         and kind.make_callable is Session.make_callable
         and callable(getattr(sess, "_do_call", None))
+        and callable(getattr(sess, "_call_tf_sessionrun", None))
     )
+
+
+class _Plan:
+    """One step signature's TF_SessionRun arguments, built once.
+
+    Per step, only the feed values are converted, by the rules and checks of
+    ``Session.run``; a value that fails any of them sends the step to
+    ``Session.run``, which raises TF's own error.
+    """
+
+    __slots__ = ("feeds", "fetch_list", "handler", "target_list")
+
+    def __init__(self, sess: Any, fetches: Any, feeds: list[list[Any]]) -> None:
+        self.handler, self.fetch_list, self.target_list = fetch_plan(sess, fetches)
+        graph = sess.graph
+        #: Per feed key, in feed_dict order: (output, converter) per fed tensor
+        #: (three for a SparseTensor: indices, values, dense_shape).
+        self.feeds = [
+            [(tf_output(t), feed_converter(graph, t)) for t in tensors]
+            for tensors in feeds
+        ]
+
+    def run(self, sess: Any, values: Any, options: Any) -> Any:
+        """The step with the feed *values* (feed_dict.values()), or `NotImplemented`.
+
+        `NotImplemented` means ``Session.run`` must run it: a value it would
+        reject or take some other way.
+        """
+        feeds = {}
+        for parts, value in zip(self.feeds, values, strict=True):
+            if len(parts) == 1:
+                output, convert = parts[0]
+                array = convert(value)
+                if array is None:
+                    return NotImplemented
+                feeds[output] = array
+            elif not self._split(parts, value, feeds):
+                return NotImplemented
+        results = session_run(sess, options, feeds, self.fetch_list, self.target_list)
+        return self.handler.build_results(sess, results)
+
+    @staticmethod
+    def _split(parts: list[Any], value: Any, feeds: dict[Any, Any]) -> bool:
+        """Feed a SparseTensorValue (or 3-tuple) *value* to a SparseTensor's parts."""
+        if not isinstance(value, tuple) or len(value) != len(parts):
+            return False
+        for (output, convert), item in zip(parts, value, strict=True):
+            array = convert(item)
+            if array is None:
+                return False
+            feeds[output] = array
+        return True
+
+
+def _fed_tensors(graph: Any, feed_dict: Any) -> list[list[Any]] | None:
+    """The tensors each key of *feed_dict* feeds, or None where TF must decide.
+
+    None for a key that names no feedable tensor of *graph* (``Session.run``
+    raises), or for two keys feeding one tensor.
+    """
+    out, seen = [], set()
+    for key in feed_dict:
+        parts = (
+            [key.indices, key.values, key.dense_shape]
+            if isinstance(key, tf.SparseTensor)
+            else [key]
+        )
+        try:
+            tensors = [
+                graph.as_graph_element(p, allow_tensor=True, allow_operation=False)
+                for p in parts
+            ]
+        except Exception:
+            return None
+        for t in tensors:
+            if t.ref() in seen:
+                return None
+            seen.add(t.ref())
+        out.append(tensors)
+    return out
+
+
+def _plan(sess: Any, fetches: Any, feeds: list[list[Any]]) -> _Plan | None:
+    """A plan for the step, or None where ``Session.run`` must run it.
+
+    None for a fetch that is also fed: ``Session.run`` returns the fed value
+    itself. Raises what building the plan raised (TF's errors for bad fetches).
+    """
+    plan = _Plan(sess, fetches, feeds)
+    fed = {t.ref() for tensors in feeds for t in tensors}
+    if any(t.ref() in fed for t in plan.handler.fetches()):
+        return None
+    return plan
 
 
 class _Signature:
     """One fetch structure (and feed keys): how it runs and what it measured."""
 
-    __slots__ = ("feeds", "fn", "inline", "leaves", "pool_s", "thread_s", "warm")
+    __slots__ = (
+        "feeds", "inline", "keys", "leaves", "plan", "pool_s", "thread_s", "warm",
+    )  # fmt: skip
 
-    def __init__(self, fn: Any, leaves: list[Any], feeds: list[Any]) -> None:
-        #: The make_callable (None when the step has feeds: Session.run runs it).
-        self.fn = fn
+    def __init__(
+        self, plan: _Plan | None, leaves: list[Any], keys: list[Any], feeds: list[Any]
+    ) -> None:
+        #: How the step runs; None when Session.run runs it.
+        self.plan = plan
+        #: The fetched and feed-key objects (keeping them alive keeps ids unique).
         self.leaves = leaves
+        self.keys = keys
+        #: The fed tensors (they cut the graph for safe_on_caller_thread).
         self.feeds = feeds
         #: None while measuring; then whether the caller thread runs the step.
         self.inline: bool | None = None
@@ -122,13 +239,14 @@ class _Signature:
 class RunCache:
     """``sess.run(...)`` with its per-call work done once per step signature.
 
-    When no ``RunOptions`` or ``RunMetadata`` are given, a step without feeds
-    runs through a `Session.make_callable` built on its first call, and a step
-    of a local session with a simple graph may run on the calling thread (see
-    the module docstring): `probe_below` bounds the steps that try, 0 turns it
-    off. Results
-    and errors are those of ``Session.run``. One cache per TF session; used on the
-    session's worker thread only.
+    When no ``RunOptions`` or ``RunMetadata`` are given, a step runs through a
+    plan built on its first call (what `Session.make_callable` builds, plus the
+    fed tensors), and a step of a local session with a simple graph may run on
+    the calling thread (see the module docstring): `probe_below` bounds the
+    steps that try, 0 turns it off. Results and errors are those of
+    ``Session.run``: a feed value it would reject, or take other than as an
+    array, is left to it. One cache per TF session; used on the session's
+    worker thread only.
     """
 
     __slots__ = ("_allowed", "_local", "_sess", "_signatures", "clock", "probe_below")
@@ -175,8 +293,7 @@ class RunCache:
             return sess.run(fetches, feed_dict)
         if signature.inline is None:
             return self._measure(sess, signature, fetches, feed_dict)
-        options = CALLER_THREAD if signature.inline else None
-        return self._call(sess, signature, fetches, feed_dict, options)
+        return self._call(sess, signature, fetches, feed_dict, signature.inline)
 
     def _signature(self, sess: Any, fetches: Any, feed_dict: Any) -> _Signature | None:
         key = fetch_key(fetches)
@@ -189,18 +306,18 @@ class RunCache:
         if signature is not None:
             return signature
         leaves = _leaves(fetches)
-        if not leaves:
+        tensors = _fed_tensors(sess.graph, feed_dict) if feed_dict else []
+        if not leaves or tensors is None:
             return None
-        fn = None
-        if not feed_dict:
-            try:
-                fn = sess.make_callable(fetches, accept_options=True)
-            except Exception:  # Session.run raises it with TF's exact wording
-                return None
+        try:
+            plan = _plan(sess, fetches, tensors)
+        except Exception:  # Session.run raises it with TF's exact wording
+            return None
         if len(self._signatures) >= self.max_entries:
             self._signatures.clear()
-        feeds = list(feed_dict) if feed_dict else []
-        signature = self._signatures[key] = _Signature(fn, leaves, feeds)
+        fed = [t for parts in tensors for t in parts]
+        keys = list(feed_dict) if feed_dict else []
+        signature = self._signatures[key] = _Signature(plan, leaves, keys, fed)
         if not self._local or self.probe_below <= 0:
             signature.inline = False
         return signature
@@ -211,7 +328,7 @@ class RunCache:
         """Run one step of a signature still being measured, and maybe decide."""
         if signature.warm < self.warmup:
             signature.warm += 1
-            return self._call(sess, signature, fetches, feed_dict, None)
+            return self._call(sess, signature, fetches, feed_dict, False)
         inline = len(signature.thread_s) < len(signature.pool_s)
         if (
             inline
@@ -219,12 +336,10 @@ class RunCache:
             and not safe_on_caller_thread(sess.graph, signature.leaves, signature.feeds)
         ):
             signature.inline = False
-            return self._call(sess, signature, fetches, feed_dict, None)
+            return self._call(sess, signature, fetches, feed_dict, False)
         start = self.clock()
         try:
-            result = self._call(
-                sess, signature, fetches, feed_dict, CALLER_THREAD if inline else None
-            )
+            result = self._call(sess, signature, fetches, feed_dict, inline)
         except BaseException:
             if inline:  # whatever went wrong there, the pool is what TF does
                 signature.inline = False
@@ -240,8 +355,12 @@ class RunCache:
 
     @staticmethod
     def _call(
-        sess: Any, signature: _Signature, fetches: Any, feed_dict: Any, options: Any
+        sess: Any, signature: _Signature, fetches: Any, feed_dict: Any, inline: bool
     ) -> Any:
-        if signature.fn is not None:
-            return sess._do_call(signature.fn, options)
-        return sess.run(fetches, feed_dict, options)
+        plan = signature.plan
+        if plan is not None:
+            values = feed_dict.values() if feed_dict else ()
+            result = plan.run(sess, values, CALLER_THREAD_BUFFER if inline else None)
+            if result is not NotImplemented:
+                return result
+        return sess.run(fetches, feed_dict, CALLER_THREAD if inline else None)

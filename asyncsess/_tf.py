@@ -103,6 +103,98 @@ def default_graph() -> Any:
     return v1.get_default_graph()
 
 
+# -- Session.run's own pieces, for the steps RunCache runs itself (_run_cache.py) ----
+
+
+def fetch_plan(sess: Any, fetches: Any) -> tuple[Any, list[Any], list[Any]]:
+    """What `Session.make_callable` builds for *fetches*, once.
+
+    Returns TF's fetch handler (its ``build_results(sess, values)`` shapes a
+    step's values as ``Session.run`` returns them), the fetched outputs and the
+    target ops. Raises what ``Session.run`` raises for bad fetches.
+    """
+    from tensorflow.python.client import session
+
+    sess._extend_graph()  # the C session sees ops added since the last run
+    handler = session._FetchHandler(sess.graph, fetches, {})
+    fetch_list = [t._as_tf_output() for t in handler.fetches()]
+    target_list = [op._c_op for op in handler.targets()]
+    return handler, fetch_list, target_list
+
+
+def tf_output(tensor: Any) -> Any:
+    """*tensor* as `session_run` takes it in *feeds*."""
+    return tensor._as_tf_output()
+
+
+def options_buffer(options: Any) -> Any:
+    """*options* serialized for `session_run`; build it once: it is never freed."""
+    from tensorflow.python.client import pywrap_tf_session
+
+    return pywrap_tf_session.TF_NewBufferFromString(options.SerializeToString())
+
+
+def session_run(
+    sess: Any, options: Any, feeds: Any, fetch_list: Any, target_list: Any
+) -> Any:
+    """One ``TF_SessionRun``, its errors rewritten as ``Session.run`` rewrites them."""
+    call = sess._call_tf_sessionrun
+    return sess._do_call(call, options, feeds, fetch_list, target_list, None)
+
+
+def feed_converter(graph: Any, tensor: Any) -> Any:
+    """How ``Session.run`` converts a value fed to *tensor* of *graph*.
+
+    The returned function gives the array ``Session.run`` would feed, or None
+    where ``Session.run`` raises or takes the value some other way (a tf.Tensor,
+    a TensorHandle, an int the dtype cannot hold, a value numpy cannot convert,
+    a shape the tensor cannot take, a tensor that may not be fed): the caller
+    then leaves the step to ``Session.run``, whose error is TF's own.
+    """
+    import numpy as np
+    from tensorflow.python.client import session
+    from tensorflow.python.ops import session_ops
+
+    dtype = tensor.dtype.as_numpy_dtype
+    numeric = np.issubdtype(dtype, np.number)  # numpy_compat.np_asarray's rules
+    numpy2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0.dev0"
+    shape = tensor.get_shape()
+    dims = None if shape.rank is None else tuple(shape.as_list())
+    taken_otherwise = (tf.Tensor, session_ops.TensorHandle)
+    as_dtype = session._convert_to_numpy_obj
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, taken_otherwise):
+            return None
+        try:
+            if isinstance(value, int) and as_dtype(dtype, value) != value:
+                return None
+            if not numpy2:
+                array = np.asarray(value, dtype=dtype)
+            elif numeric:
+                # astype's copy=False is TF's copy=None: a copy only if needed.
+                array = np.asarray(value, copy=None).astype(dtype, copy=False)
+            else:
+                array = np.asarray(value, dtype=dtype, copy=None)
+        except Exception:
+            return None
+        if dims is not None and not _fits(dims, array.shape):
+            return None
+        return array if graph.is_feedable(tensor) else None
+
+    return convert
+
+
+def _fits(dims: tuple[int | None, ...], shape: tuple[int, ...]) -> bool:
+    """``TensorShape(dims).is_compatible_with(shape)``, for a known rank."""
+    if len(dims) != len(shape):
+        return False
+    for want, got in zip(dims, shape, strict=True):
+        if want is not None and want != got:
+            return False
+    return True
+
+
 __all__ = [
     "PREEMPTION_ERRORS",
     "FULL_TRACE",
@@ -127,10 +219,15 @@ __all__ = [
     "as_graph_element",
     "default_graph",
     "errors",
+    "feed_converter",
+    "fetch_plan",
     "global_step_read",
     "meta_graph_def",
+    "options_buffer",
     "session_interface",
+    "session_run",
     "tf",
+    "tf_output",
     "v1",
     "write_graph",
 ]

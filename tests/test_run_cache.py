@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from asyncsess._run_cache import CALLER_THREAD, RunCache, fetch_key
+from asyncsess._run_cache import (
+    CALLER_THREAD,
+    CALLER_THREAD_BUFFER,
+    RunCache,
+    fetch_key,
+)
 
 v1 = tf.compat.v1
 
@@ -172,22 +178,31 @@ def _runs_needed(cache: RunCache) -> int:
     return cache.warmup + 2 * cache.probes
 
 
+def _on_caller_thread(sess: Any, fn: Any, args: tuple[Any, ...]) -> bool:
+    """Whether a step `Session._do_call(fn, *args)` runs is on the caller thread."""
+    if getattr(fn, "__self__", None) is sess:  # a planned step: options first
+        return args[0] is CALLER_THREAD_BUFFER
+    # Session.run's (feeds, fetches, targets, options, run_metadata): only
+    # RunCache passes options in these tests.
+    return args[3] is not None
+
+
 class Spy(v1.Session):  # type: ignore[misc]
-    """A session recording the RunOptions each cached step ran with."""
+    """A session recording whether each step ran on the caller thread."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.options: list[Any] = []
+        self.inline: list[bool] = []
+        #: Per step, whether a plan ran it (not Session.run).
+        self.planned: list[bool] = []
 
     def _do_call(self, fn: Any, *args: Any) -> Any:
-        if len(args) <= 1:  # a cached callable (Session.run passes five)
-            self.options.append(args[0] if args else None)
+        self.inline.append(_on_caller_thread(self, fn, args))
+        self.planned.append(getattr(fn, "__self__", None) is self)
         return super()._do_call(fn, *args)
 
     def ran_on_caller_thread(self, last: int) -> list[bool]:
-        return [o is not None and o.inter_op_thread_pool == -1 for o in self.options][
-            -last:
-        ]
+        return self.inline[-last:]
 
 
 class TestCallerThread:
@@ -241,7 +256,7 @@ class TestCallerThread:
         real = Spy._do_call
 
         def fail_on_caller_thread(self: Spy, fn: Any, *args: Any) -> Any:
-            if len(args) == 1 and args[0] is not None:
+            if _on_caller_thread(self, fn, args):
                 raise tf.errors.InternalError(None, None, "only there")
             return real(self, fn, *args)
 
@@ -311,3 +326,249 @@ class TestSessionSetting:
                     await sess.run(inc)
                 assert [s.inline for s in cache._signatures.values()] == [False]
                 assert await sess.run(step) == _runs_needed(cache) + 6
+
+
+# -- fed steps ---------------------------------------------------------------------
+
+
+class Fed:
+    """A graph whose steps feed placeholders of several kinds, and its session."""
+
+    def __init__(self) -> None:
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.step = v1.train.get_or_create_global_step()
+            self.inc = self.step.assign_add(1, read_value=False)
+            self.x = v1.placeholder(tf.float32, shape=[None, 2], name="x")
+            self.n = v1.placeholder(tf.int32, shape=[], name="n")
+            self.s = v1.placeholder(tf.string, shape=[], name="s")
+            self.b = v1.placeholder_with_default(False, shape=[], name="b")
+            self.sp = v1.sparse_placeholder(tf.float32, name="sp")
+            self.y = tf.identity(self.x * 2.0, name="y")  # fed, though no placeholder
+            self.total = tf.reduce_sum(self.y) + tf.cast(self.n, tf.float32)
+            self.sp_sum = tf.sparse.reduce_sum(self.sp)
+            self.number = tf.strings.to_number(self.s, name="number")
+            check = tf.debugging.assert_positive(self.n, message="n > 0")
+            with tf.control_dependencies([check]):
+                self.checked = tf.identity(self.n, name="checked")
+            self.v = v1.get_variable("v", initializer=1.5, use_resource=True)
+            self.ref = v1.get_variable("ref", initializer=2.5, use_resource=False)
+            self.v_read = self.graph.as_graph_element(self.v)
+            self.frozen = tf.identity(self.n, name="frozen")
+            self.graph.prevent_feeding(self.frozen)
+            self.sess = Spy(graph=self.graph)
+            self.sess.run(v1.global_variables_initializer())
+        self.other = tf.Graph()
+        with self.other.as_default():
+            self.foreign = v1.placeholder(tf.float32, shape=[], name="x")
+
+
+@pytest.fixture
+def fed() -> Any:
+    f = Fed()
+    yield f
+    f.sess.close()
+
+
+def _error(fn: Any, *args: Any) -> BaseException:
+    """What ``fn(*args)`` raises (TensorFlow's reference behaviour)."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        return exc
+    pytest.fail("expected an error")
+
+
+def _same_error(cache: RunCache, sess: Any, fetches: Any, feed_dict: Any) -> None:
+    expected = _error(sess.run, fetches, feed_dict)
+    with pytest.raises(type(expected), match=re.escape(str(expected))) as got:
+        cache.run(sess, fetches, feed_dict)
+    assert type(got.value) is type(expected)
+    assert str(got.value) == str(expected)
+
+
+class _QuickCache(RunCache):
+    """Decides after one timed step each way."""
+
+    warmup = 0
+    probes = 1
+
+
+def _cache(caller_thread: bool) -> RunCache:
+    """A RunCache that decides at once: caller thread or TF's pool."""
+    cache = _QuickCache()
+    cache.clock = _scripted(pool_s=100e-6, thread_s=1e-6 if caller_thread else 1)
+    return cache
+
+
+@pytest.mark.parametrize("caller_thread", [False, True], ids=["pool", "caller"])
+class TestFeeds:
+    """Fed steps run by a plan give Session.run's results and errors."""
+
+    def _cases(self, f: Fed) -> list[tuple[Any, dict[Any, Any]]]:
+        batch = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+        sparse = v1.SparseTensorValue([[0, 0], [1, 1]], [1.5, 2.5], [2, 2])
+        return [
+            (f.total, {f.x: batch, f.n: 3}),
+            (f.total, {"x:0": batch.astype(np.float64), "n:0": np.int64(4)}),
+            ([f.y, f.inc], {f.x: [[1, 2]]}),  # a python list, ints for floats
+            ({"y": f.y, "pair": Pair(f.inc, "y:0")}, {f.x: [[0.5, 1.5]] * 3}),
+            ((f.total,), {f.x: batch, f.n: True}),  # a bool is an int
+            (f.y, {f.x: np.zeros([0, 2], np.float32)}),
+            ([f.number, f.b], {f.s: "2.5", f.b: True}),  # a fed fetch: Session.run's
+            (f.number, {f.s: "2.5", f.b: True}),
+            (f.number, {f.s: b"7"}),
+            (f.number, {"s:0": np.array("1e3")}),
+            (f.sp_sum, {f.sp: sparse}),
+            (f.sp_sum, {f.sp: (sparse.indices, [5.0, 6.0], sparse.dense_shape)}),
+            (f.sp_sum, {f.sp: sparse, f.x: batch}),
+            (f.total, {f.y: [[9.0, 9.0]], f.n: 1}),  # feeding a non-placeholder
+            ([f.v_read, f.inc], {f.v_read: 7.0}),  # a variable's read tensor
+            (f.v_read, {"v/Read/ReadVariableOp:0": np.float32(8.0)}),
+            (f.ref.value(), {"ref:0": 9.0}),  # a reference variable's own tensor
+            (f.total, {f.x: batch, f.n: 1.5}),  # numpy truncates it, as in TF
+            ([f.x, f.y], {f.x: batch}),  # a fed fetch: the fed value comes back
+            ([f.y], {f.x: batch, "x:0": batch + 1}),  # one tensor fed twice
+            (f.checked, {f.n: 1}),
+            ("y:0", {"x:0": batch}),
+        ]
+
+    def test_results_match_session_run(self, fed: Fed, caller_thread: bool) -> None:
+        cache = _cache(caller_thread)
+        for fetches, feed_dict in self._cases(fed):
+            for _ in range(4):  # a miss, probes on both sides, then decided hits
+                _same(
+                    cache.run(fed.sess, fetches, feed_dict),
+                    fed.sess.run(fetches, feed_dict),
+                )
+        assert fed.sess.run(fed.step) == 2 * 4 * 3  # one step per call
+
+    def test_fed_steps_run_planned(self, fed: Fed, caller_thread: bool) -> None:
+        cache = _cache(caller_thread)
+        for value in ([[1.0, 2.0]], np.ones([3, 2], np.float32), [[0, 0]]):
+            fed.sess.planned.clear()
+            assert cache.run(fed.sess, fed.total, {fed.x: value, "n:0": 1}) == (
+                fed.sess.run(fed.total, {fed.x: value, "n:0": 1})
+            )
+            assert fed.sess.planned[0]
+        signature = next(iter(cache._signatures.values()))
+        assert signature.plan is not None
+        assert signature.inline is caller_thread
+
+    def test_bad_feeds_raise_session_runs_errors(
+        self, fed: Fed, caller_thread: bool
+    ) -> None:
+        f = fed
+        cache = _cache(caller_thread)
+        good = np.ones([1, 2], np.float32)
+        for _ in range(3):  # warm the plans of the bad feeds' signatures
+            cache.run(f.sess, f.total, {f.x: good, f.n: 1})
+            cache.run(f.sess, f.number, {f.s: "1"})
+            cache.run(f.sess, f.sp_sum, {f.sp: ([[0, 0]], [1.0], [1, 1])})
+        cases = [
+            (f.total, {f.x: good, f.n: 2**40}),  # an int the dtype cannot hold
+            (f.total, {f.x: [[1.0, 2.0, 3.0]], f.n: 1}),  # wrong shape
+            (f.total, {f.x: [1.0, 2.0], f.n: 1}),  # wrong rank
+            (f.total, {f.x: [[1.0], [2.0, 3.0]], f.n: 1}),  # ragged
+            (f.total, {f.x: [["a", "b"]], f.n: 1}),  # wrong dtype
+            (f.total, {f.x: good, f.n: [1]}),  # a list for a scalar
+            (f.total, {f.x: tf.constant(good), f.n: 1}),  # a tf.Tensor value
+            (f.number, {f.s: 3}),  # an int for a string
+            (f.number, {f.s: "abc"}),  # TF's own runtime error, node named
+            (f.checked, {f.n: -1}),  # an assert failing inside TF
+            (f.total, {f.x: good}),  # a placeholder left unfed
+            (f.total, {f.x: good, "nope:0": 1}),  # a name naming no tensor
+            (f.total, {f.x: good, "n": 1}),  # an operation's name
+            (f.total, {f.x: good, f.foreign: 1.0}),  # another graph's tensor
+            (f.frozen, {f.frozen: 1, f.n: 1}),  # a tensor that may not be fed
+            (f.sp_sum, {f.sp: ([[0, 0]], [1.0])}),  # a sparse value missing a part
+            (f.sp_sum, {f.sp: ([[0, 0]], ["x"], [1, 1])}),  # bad sparse values
+            (f.total, {f.x: good, f.n: None}),
+        ]
+        for fetches, feed_dict in cases:
+            for _ in range(2):
+                _same_error(cache, f.sess, fetches, feed_dict)
+        cache.run(f.sess, f.total, {f.x: good, f.n: 1})  # the plans still work
+
+
+class TestFeedConverter:
+    """feed_converter converts exactly as Session.run's numpy_compat.np_asarray."""
+
+    @pytest.mark.parametrize(
+        "dtype",
+        [tf.float32, tf.float64, tf.int32, tf.int64, tf.uint8, tf.bool, tf.string,
+         tf.float16, tf.complex64],
+    )  # fmt: skip
+    def test_values_convert_as_tf_converts_them(self, dtype: Any) -> None:
+        from tensorflow.python.util import numpy_compat
+
+        from asyncsess._tf import feed_converter
+
+        graph = tf.Graph()
+        with graph.as_default():
+            tensor = v1.placeholder(dtype)
+        convert = feed_converter(graph, tensor)
+        np_dtype = dtype.as_numpy_dtype
+        values = [
+            0, 1, True, 2.5, [1, 2], [[1.0], [2.0]], np.arange(3), np.float64(3),
+            np.ones([2, 2], np.float32), np.ones([2], np_dtype), "1", b"2", [b"a"],
+            np.array([1, 2], np.int64)[::-1],
+        ]  # fmt: skip
+        for value in values:
+            try:
+                expected = numpy_compat.np_asarray(value, np_dtype)
+            except Exception:
+                assert convert(value) is None
+                continue
+            got = convert(value)
+            if got is None:  # refused for Session.run to decide: it must refuse too
+                with pytest.raises((TypeError, ValueError)):
+                    with v1.Session(graph=graph) as sess:
+                        sess.run(tensor, {tensor: value})
+                continue
+            assert got.dtype == expected.dtype
+            assert got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+            if isinstance(value, np.ndarray) and value.dtype == np_dtype:
+                assert got is value  # no copy, as TF makes none
+
+
+class TestFedMonitoredSession:
+    """Fed steps through asyncsess.MonitoredSession, on both backends."""
+
+    async def test_fed_results_and_errors_match_tf(self) -> None:
+        import asyncsess
+
+        class Noop(asyncsess.SessionRunHook):
+            async def before_run(self, run_context: Any) -> None:
+                return None
+
+        f = Fed()
+        with f.graph.as_default():
+            sess = asyncsess.MonitoredSession(hooks=[Noop()])
+        good = np.ones([2, 2], np.float32)
+        async with sess:
+            for _ in range(RunCache.warmup + 2 * RunCache.probes + 3):
+                assert await sess.run(f.total, {f.x: good, "n:0": 2}) == 10.0
+            assert await sess.run([f.y, f.inc], {"x:0": [[1, 2]]}) == [
+                pytest.approx(np.array([[2.0, 4.0]])),
+                None,
+            ]
+            with f.graph.as_default():
+                plain = v1.Session(graph=f.graph)
+            with plain:
+                for feed_dict in (
+                    {f.x: good, f.n: 2**40},
+                    {f.x: [[1.0, 2.0, 3.0]], f.n: 1},
+                    {f.x: good, "nope:0": 1},
+                    {f.x: good, f.frozen: 1},
+                    {f.x: good, f.n: -1},
+                ):
+                    fetches = f.checked if feed_dict.get(f.n) == -1 else f.total
+                    expected = _error(plain.run, fetches, feed_dict)
+                    with pytest.raises(
+                        type(expected), match=re.escape(str(expected))
+                    ) as got:
+                        await sess.run(fetches, feed_dict)
+                    assert type(got.value) is type(expected)
+        f.sess.close()
