@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 import tensorflow as tf
 
 import asyncsess
@@ -100,12 +101,23 @@ def _config(threads: int | None = None) -> Any:
     )
 
 
-def build_graph(size: int | None) -> tuple[Any, Any]:
-    """A graph and its step: increment the global step (and a size**3 matmul)."""
+#: What a fed step feeds each time: a small batch, as a prediction would.
+BATCH = np.ones([8, 4], np.float32)
+
+
+def build_graph(size: int | None, fed: bool = False) -> tuple[Any, Any]:
+    """A graph and its step: increment the global step (and a size**3 matmul).
+
+    A *fed* step also sums a fed batch (placeholder ``x``) into what it fetches.
+    """
     graph = tf.Graph()
     with graph.as_default():
         global_step = v1.train.get_or_create_global_step()
         step = global_step.assign_add(1, read_value=False)
+        if fed:
+            x = v1.placeholder(tf.float32, shape=[None, 4], name="x")
+            with tf.control_dependencies([step]):
+                step = tf.reduce_sum(x)
         if size is None:
             return graph, step
         w = v1.get_variable(
@@ -114,7 +126,16 @@ def build_graph(size: int | None) -> tuple[Any, Any]:
         with tf.control_dependencies([step]):
             # Fetched, like a loss: an unfetched result would be pruned by Grappler.
             loss = tf.reduce_sum(tf.matmul(w, w))
+            if fed:
+                loss += step
         return graph, loss
+
+
+def feeds(case: Case, graph: Any) -> dict[Any, Any] | None:
+    """The feed_dict of each of *case*'s steps on *graph* (None when unfed)."""
+    if not case.fed:
+        return None
+    return {graph.get_tensor_by_name("x:0"): BATCH}
 
 
 @functools.cache
@@ -147,6 +168,8 @@ class Case:
     tf_hooks: Callable[[], list[Any]]
     steps: int
     contenders: tuple[str, ...] = ("raw", "sync", "to_thread", "asyncsess")
+    #: Whether each step feeds a batch (see build_graph).
+    fed: bool = False
     times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
@@ -154,7 +177,8 @@ async def _open(case: Case, backend: str, stack: AsyncExitStack) -> dict[str, An
     """Open every contender of *case*; return name -> async fn(n) running n steps."""
     out: dict[str, Callable[[int], Awaitable[None]]] = {}
     if "raw" in case.contenders:
-        raw_graph, raw_op = build_graph(case.size)
+        raw_graph, raw_op = build_graph(case.size, case.fed)
+        raw_feeds = feeds(case, raw_graph)
         with raw_graph.as_default():
             raw = v1.Session(config=_config())
             raw.run(v1.global_variables_initializer())
@@ -163,10 +187,11 @@ async def _open(case: Case, backend: str, stack: AsyncExitStack) -> dict[str, An
         async def run_raw(n: int) -> None:
             with raw_graph.as_default():
                 for _ in range(n):
-                    raw.run(raw_op)
+                    raw.run(raw_op, raw_feeds)
 
         out["raw"] = run_raw
-    sync_graph, sync_op = build_graph(case.size)
+    sync_graph, sync_op = build_graph(case.size, case.fed)
+    sync_feeds = feeds(case, sync_graph)
     with sync_graph.as_default():
         mon = v1.train.MonitoredSession(
             v1.train.ChiefSessionCreator(config=_config()), hooks=case.tf_hooks()
@@ -176,11 +201,11 @@ async def _open(case: Case, backend: str, stack: AsyncExitStack) -> dict[str, An
     async def run_sync(n: int) -> None:
         with sync_graph.as_default():
             for _ in range(n):
-                mon.run(sync_op)
+                mon.run(sync_op, sync_feeds)
 
     out["sync"] = run_sync
     if "to_thread" in case.contenders:
-        out["to_thread"] = _to_thread(backend, mon.run, sync_op)
+        out["to_thread"] = _to_thread(backend, mon.run, sync_op, sync_feeds)
     out["asyncsess"] = await _open_async(case, stack)
     if "asyncsess_pool" in case.contenders:
         out["asyncsess_pool"] = await _open_async(case, stack, caller_thread=False)
@@ -190,7 +215,8 @@ async def _open(case: Case, backend: str, stack: AsyncExitStack) -> dict[str, An
 async def _open_async(
     case: Case, stack: AsyncExitStack, caller_thread: bool = True
 ) -> Callable[[int], Awaitable[None]]:
-    graph, op = build_graph(case.size)
+    graph, op = build_graph(case.size, case.fed)
+    feed_dict = feeds(case, graph)
     with graph.as_default():
         sess = asyncsess.MonitoredSession(
             asyncsess.ChiefSessionCreator(config=_config()), hooks=case.async_hooks()
@@ -203,24 +229,26 @@ async def _open_async(
         # As a user's loop runs: inside its graph (one task, so this is safe).
         with graph.as_default():
             for _ in range(n):
-                await sess.run(op)
+                await sess.run(op, feed_dict)
 
     return run_async
 
 
-def _to_thread(backend: str, fn: Any, op: Any) -> Callable[[int], Awaitable[None]]:
+def _to_thread(
+    backend: str, fn: Any, op: Any, feed_dict: Any
+) -> Callable[[int], Awaitable[None]]:
     if backend == "asyncio":
 
         async def run(n: int) -> None:
             for _ in range(n):
-                await asyncio.to_thread(fn, op)
+                await asyncio.to_thread(fn, op, feed_dict)
 
         return run
     import trio
 
     async def run_trio(n: int) -> None:
         for _ in range(n):
-            await trio.to_thread.run_sync(fn, op)
+            await trio.to_thread.run_sync(fn, op, feed_dict)
 
     return run_trio
 
@@ -383,7 +411,31 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows += _ratio_rows(tf_hooks, title, "sync", "<= 1.5", 1.5)
     rows += _abs_rows(tf_hooks, title)
 
+    rows += _fed_rows(rounds, quick)
     rows += _io_rows(rounds, quick)
+    return rows
+
+
+def _fed_rows(rounds: int, quick: bool) -> list[dict[str, Any]]:
+    """Steps feeding a batch each time, as a feed_dict training loop or a prediction."""
+    rows: list[dict[str, Any]] = []
+    for ms, limit in ((None, 1.3), (1, 1.08)):
+        size = None if ms is None else size_for(ms / 1000)
+        case = measure(
+            Case(
+                size,
+                lambda: [AsyncNoOp() for _ in range(3)],
+                lambda: [TFNoOp() for _ in range(3)],
+                _steps(0.3, 3e-4, quick) if ms is None else _steps(0.5, 1e-3, quick),
+                fed=True,
+            ),
+            rounds,
+        )
+        step = "trivial step" if ms is None else f"~{ms} ms step (matmul {size}x{size})"
+        title = f"fed {step}, 3 no-op hooks"
+        rows += _ratio_rows(case, title, "sync", f"<= {limit} (issue 12)", limit)
+        rows += _ratio_rows(case, title, "to_thread", "< 1.0", 1.0, strict=True)
+        rows += _abs_rows(case, title)
     return rows
 
 
