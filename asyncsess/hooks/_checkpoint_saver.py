@@ -17,16 +17,15 @@ from .._tf import (
     SessionLog,
     SessionRunArgs,
     TFCheckpointSaverListener,
-    global_step_read,
     meta_graph_def,
     v1,
     write_graph,
 )
 from .._worker import run_in_session_thread
+from ._checks import check_one_of, required_global_step
 from ._writers import (
     ShadowSnapshot,
     StepEstimate,
-    check_one_of,
     feeding_session,
     flush_writer,
     open_writer,
@@ -181,11 +180,7 @@ class CheckpointSaverHook(SessionRunHook):
 
     async def begin(self) -> None:
         self._summary_writer = await open_writer(self._checkpoint_dir)
-        self._global_step_tensor = global_step_read()
-        if self._global_step_tensor is None:
-            raise RuntimeError(
-                "Global step should be created to use CheckpointSaverHook."
-            )
+        self._global_step_tensor = required_global_step("CheckpointSaverHook")
         if self._background_write:
             # Build the in-TensorFlow snapshot now if the saver is already known
             # (the Scaffold's default saver appears only later, at finalize).

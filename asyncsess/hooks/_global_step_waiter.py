@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._hook import SessionRunHook
-from .._tf import global_step_read
 from .._worker import run_in_session_thread
+from ._checks import check_number, required_global_step
 
 if TYPE_CHECKING:
     from .._tf import SessionRunArgs, SessionRunContext
 
 logger = logging.getLogger("asyncsess.hooks")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class GlobalStepWaiterHook(SessionRunHook):
@@ -54,11 +49,12 @@ class GlobalStepWaiterHook(SessionRunHook):
     poll_interval: float = 0.5
 
     def __init__(self, wait_until_step: int) -> None:
-        if not _is_number(wait_until_step):
-            raise TypeError(
-                "wait_until_step must be an int (a global step). "
-                f"Received: wait_until_step={wait_until_step!r}"
-            )
+        check_number(
+            "wait_until_step",
+            wait_until_step,
+            what="an int (a global step)",
+            minimum=None,  # 0 or less: no wait, as in TensorFlow
+        )
         self._wait_until_step = wait_until_step
         self._worker_is_started = False
         self._global_step_tensor: Any = None
@@ -66,11 +62,7 @@ class GlobalStepWaiterHook(SessionRunHook):
 
     async def begin(self) -> None:
         self._worker_is_started = False
-        self._global_step_tensor = global_step_read()
-        if self._global_step_tensor is None:
-            raise RuntimeError(
-                "Global step should be created to use GlobalStepWaiterHook."
-            )
+        self._global_step_tensor = required_global_step("GlobalStepWaiterHook")
 
     async def after_create_session(self, session: Any, coord: Any) -> None:
         self._coord = coord

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from .._hook import SessionRunHook
 from .._tf import SecondOrStepTimer, SessionRunArgs, as_graph_element, v1
 from .._worker import run_in_session_thread
+from ._checks import check_number
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -24,18 +24,15 @@ if TYPE_CHECKING:
 log_info = v1.logging.info
 
 
-def _check_every(name: str, value: Any, *, positive: bool) -> None:
+def _check_every_n_iter(value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number. Received: {name}={value!r}")
-    if positive and value <= 0:
+    check_number("every_n_iter", value, minimum=None)
+    if value <= 0:
         raise ValueError(
-            f"Invalid {name}: it must be a positive number of steps. "
-            f"Received: {name}={value!r}"
+            "Invalid every_n_iter: it must be a positive number of steps. "
+            f"Received: every_n_iter={value!r}"
         )
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
 
 
 class LoggingTensorHook(SessionRunHook):
@@ -90,8 +87,9 @@ class LoggingTensorHook(SessionRunHook):
                 f"must be provided. Received: every_n_iter={every_n_iter!r}, "
                 f"every_n_secs={every_n_secs!r}, at_end={at_end!r}"
             )
-        _check_every("every_n_iter", every_n_iter, positive=True)
-        _check_every("every_n_secs", every_n_secs, positive=False)
+        _check_every_n_iter(every_n_iter)
+        if every_n_secs is not None:
+            check_number("every_n_secs", every_n_secs)
         if isinstance(tensors, (str, bytes)):
             raise TypeError(
                 "tensors must be a dict of tag to tensor or a list of tensors "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +16,10 @@ from .._tf import (
     SecondOrStepTimer,
     SessionRunArgs,
     chrome_trace,
-    global_step_read,
     tf,
 )
 from .._worker import run_in_session_thread
+from ._checks import check_one_of, required_global_step
 
 if TYPE_CHECKING:
     from .._tf import SessionRunContext, SessionRunValues
@@ -28,19 +27,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asyncsess.hooks")
 
 
-def _check_every(save_steps: Any, save_secs: Any) -> None:
-    if (save_steps is None) == (save_secs is None):
-        raise ValueError(
-            "Exactly one of save_steps and save_secs should be provided. "
-            f"Received: save_steps={save_steps!r}, save_secs={save_secs!r}"
-        )
-    name, value = (
-        ("save_steps", save_steps) if save_secs is None else ("save_secs", save_secs)
-    )
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number. Received: {name}={value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
+#: TensorFlow's docstring rule, as the message for both or neither interval.
+_ONE_OF = "Exactly one of save_steps and save_secs should be provided."
 
 
 class ProfilerHook(SessionRunHook):
@@ -85,7 +73,12 @@ class ProfilerHook(SessionRunHook):
         show_dataflow: bool = True,
         show_memory: bool = False,
     ) -> None:
-        _check_every(save_steps, save_secs)
+        check_one_of(
+            ("save_steps", "save_secs"),
+            (save_steps, save_secs),
+            neither=_ONE_OF,
+            both=_ONE_OF,
+        )
         self._output_dir = output_dir
         self._output_file = os.path.join(output_dir, "timeline-{}.json")
         self._show_dataflow = show_dataflow
@@ -98,9 +91,7 @@ class ProfilerHook(SessionRunHook):
 
     async def begin(self) -> None:
         self._next_step = None
-        self._global_step_tensor = global_step_read()
-        if self._global_step_tensor is None:
-            raise RuntimeError("Global step should be created to use ProfilerHook.")
+        self._global_step_tensor = required_global_step("ProfilerHook")
         if self._file_writer is None:
             # Opening a writer creates the event file (and writes the graph): off
             # the loop, on the worker thread whose default graph is the session's.

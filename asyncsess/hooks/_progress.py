@@ -5,15 +5,15 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import numbers
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .._hook import SessionRunHook
-from .._tf import SessionRunArgs, as_graph_element, global_step_read
+from .._tf import SessionRunArgs, as_graph_element
 from .._worker import run_in_session_thread
+from ._checks import check_number, required_global_step
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -71,14 +71,12 @@ class ProgressBarHook(SessionRunHook):
         stream: TextIO | None = None,
         log_every_secs: float = 10.0,
     ) -> None:
-        _check_int("every_n_steps", every_n_steps, minimum=1)
+        check_number(
+            "every_n_steps", every_n_steps, what="an int", minimum=1, integral=True
+        )
         if last_step is not None:
-            _check_int("last_step", last_step, minimum=0)
-        if log_every_secs < 0:
-            raise ValueError(
-                "log_every_secs must be >= 0. "
-                f"Received: log_every_secs={log_every_secs!r}"
-            )
+            check_number("last_step", last_step, what="an int", integral=True)
+        check_number("log_every_secs", log_every_secs)
         self.last_step = last_step
         self.every_n_steps = every_n_steps
         self.log_every_secs = log_every_secs
@@ -91,9 +89,7 @@ class ProgressBarHook(SessionRunHook):
         self._latest: tuple[int, dict[str, Any]] | None = None
 
     async def begin(self) -> None:
-        step = global_step_read()
-        if step is None:
-            raise RuntimeError("Global step should be created to use ProgressBarHook.")
+        step = required_global_step("ProgressBarHook")
         self._fetches = {label: as_graph_element(t) for label, t in self._tensors}
         self._fetches[_STEP] = step
 
@@ -316,10 +312,3 @@ def _labelled(
     if isinstance(tensors, (str, bytes)):
         tensors = [tensors]
     return [(t if isinstance(t, str) else str(t.name), t) for t in tensors]
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}. Received: {name}={value!r}")

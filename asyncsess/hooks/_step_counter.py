@@ -6,9 +6,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .._hook import SessionRunHook
-from .._tf import SecondOrStepTimer, SessionRunArgs, Summary, global_step_read, v1
+from .._tf import SecondOrStepTimer, SessionRunArgs, Summary, v1
 from .._worker import run_in_session_thread
-from ._writers import StepEstimate, check_one_of, flush_writer, open_writer
+from ._checks import check_one_of, required_global_step
+from ._writers import StepEstimate, flush_writer, open_writer
 
 if TYPE_CHECKING:
     from .._tf import SessionRunContext, SessionRunValues
@@ -17,6 +18,8 @@ logger = logging.getLogger("asyncsess.hooks")
 
 #: TensorFlow warns this many times when the global step does not increase.
 _MAX_WARNINGS = 5
+#: TensorFlow's StepCounterHook text for both or neither interval.
+_ONE_OF = "exactly one of every_n_steps and every_n_secs should be provided."
 
 
 class StepCounterHook(SessionRunHook):
@@ -50,13 +53,12 @@ class StepCounterHook(SessionRunHook):
         output_dir: Any = None,
         summary_writer: Any = None,
     ) -> None:
-        if (every_n_steps is None) == (every_n_secs is None):
-            raise ValueError(
-                "exactly one of every_n_steps and every_n_secs should be provided. "
-                f"Received: every_n_steps={every_n_steps!r}, "
-                f"every_n_secs={every_n_secs!r}"
-            )
-        check_one_of(("every_n_steps", "every_n_secs"), (every_n_steps, every_n_secs))
+        check_one_of(
+            ("every_n_steps", "every_n_secs"),
+            (every_n_steps, every_n_secs),
+            neither=_ONE_OF,
+            both=_ONE_OF,
+        )
         self._timer = SecondOrStepTimer(
             every_steps=every_n_steps, every_secs=every_n_secs
         )
@@ -71,9 +73,7 @@ class StepCounterHook(SessionRunHook):
     async def begin(self) -> None:
         if self._summary_writer is None and self._output_dir:
             self._summary_writer = await open_writer(self._output_dir)
-        self._global_step_tensor = global_step_read()
-        if self._global_step_tensor is None:
-            raise RuntimeError("Global step should be created to use StepCounterHook.")
+        self._global_step_tensor = required_global_step("StepCounterHook")
         self._summary_tag = v1.train.get_global_step().op.name + "/sec"
 
     async def after_create_session(self, session: Any, coord: Any) -> None:

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Any
 
 from .._hook import SessionRunHook
-from .._tf import SessionRunArgs, global_step_read
+from .._tf import SessionRunArgs
 from .._worker import run_in_session_thread
+from ._checks import check_one_of, required_global_step
 
 if TYPE_CHECKING:
     from .._tf import SessionRunContext, SessionRunValues
-
-
-def _check_steps(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a number of steps (an int). Received: {name}={value!r}"
-        )
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
 
 
 class StopAtStepHook(SessionRunHook):
@@ -51,26 +40,20 @@ class StopAtStepHook(SessionRunHook):
     def __init__(
         self, num_steps: int | None = None, last_step: int | None = None
     ) -> None:
-        if num_steps is None and last_step is None:
-            raise ValueError(
-                "One of num_steps or last_step must be specified. "
-                "Received: num_steps=None, last_step=None"
-            )
-        if num_steps is not None and last_step is not None:
-            raise ValueError(
-                "Only one of num_steps or last_step can be specified. "
-                f"Received: num_steps={num_steps!r}, last_step={last_step!r}"
-            )
-        _check_steps("num_steps", num_steps)
-        _check_steps("last_step", last_step)
+        check_one_of(
+            ("num_steps", "last_step"),
+            (num_steps, last_step),
+            # TensorFlow's texts.
+            neither="One of num_steps or last_step must be specified.",
+            both="Only one of num_steps or last_step can be specified.",
+            what="a number of steps (an int)",
+        )
         self._num_steps = num_steps
         self._last_step = last_step
         self._global_step_tensor: Any = None
 
     async def begin(self) -> None:
-        self._global_step_tensor = global_step_read()
-        if self._global_step_tensor is None:
-            raise RuntimeError("Global step should be created to use StopAtStepHook.")
+        self._global_step_tensor = required_global_step("StopAtStepHook")
 
     async def after_create_session(self, session: Any, coord: Any) -> None:
         # Counted from the step the session starts at (restored or 0), once: a

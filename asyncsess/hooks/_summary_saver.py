@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._hook import SessionRunHook, describe
-from .._tf import SecondOrStepTimer, SessionLog, SessionRunArgs, global_step_read
+from .._tf import SecondOrStepTimer, SessionLog, SessionRunArgs
 from .._worker import run_in_session_thread
-from ._writers import check_one_of, flush_writer, open_writer
+from ._checks import check_one_of, required_global_step
+from ._writers import flush_writer, open_writer
 
 if TYPE_CHECKING:
     from .._tf import SessionRunContext, SessionRunValues
@@ -71,9 +72,7 @@ class SummarySaverHook(SessionRunHook):
         if self._summary_writer is None and self._output_dir:
             self._summary_writer = await open_writer(self._output_dir)
         self._next_step = None
-        self._global_step_tensor = global_step_read()
-        if self._global_step_tensor is None:
-            raise RuntimeError("Global step should be created to use SummarySaverHook.")
+        self._global_step_tensor = required_global_step("SummarySaverHook")
 
     async def before_run(self, run_context: SessionRunContext) -> SessionRunArgs:
         self._request_summary = self._next_step is None or (

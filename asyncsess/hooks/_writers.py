@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import numbers
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -22,29 +21,6 @@ if TYPE_CHECKING:
     from .._backend import LoopBridge
 
 logger = logging.getLogger("asyncsess.hooks")
-
-
-def check_every(name: str, value: Any) -> None:
-    """Reject a trigger interval that is not None or a number >= 0, naming it."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number. Received: {name}={value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0. Received: {name}={value!r}")
-
-
-def check_one_of(names: tuple[str, str], values: tuple[Any, Any]) -> None:
-    """TF's timer rule (exactly one of secs and steps), raised with our names."""
-    received = f"Received: {names[0]}={values[0]!r}, {names[1]}={values[1]!r}"
-    if values[0] is None and values[1] is None:
-        raise ValueError(
-            f"Either {names[0]} or {names[1]} should be provided. {received}"
-        )
-    if values[0] is not None and values[1] is not None:
-        raise ValueError(f"Can not provide both {names[0]} and {names[1]}. {received}")
-    check_every(names[0], values[0])
-    check_every(names[1], values[1])
 
 
 async def open_writer(logdir: Any) -> Any:
