@@ -24,6 +24,7 @@ from .._tf import (
 from .._worker import run_in_session_thread
 from ._checks import check_one_of, required_global_step
 from ._writers import (
+    BackgroundWrite,
     ShadowSnapshot,
     StepEstimate,
     feeding_session,
@@ -31,12 +32,10 @@ from ._writers import (
     open_writer,
     shadow_snapshot,
     snapshot_tensors,
-    start_background_write,
 )
 
 if TYPE_CHECKING:
     from .._tf import SessionRunContext, SessionRunValues
-    from ._writers import BackgroundWrite
 
 logger = logging.getLogger("asyncsess.hooks")
 
@@ -279,7 +278,7 @@ class CheckpointSaverHook(SessionRunHook):
         else:
             values = await run_in_session_thread(session.run, plan)
             writing = feeding_session(session, dict(zip(plan, values, strict=True)))
-        self._in_flight = start_background_write(writing, step, self._writer_for(step))
+        self._in_flight = BackgroundWrite(writing, step, self._writer_for(step))
         return should_stop
 
     def _writer_for(self, step: int) -> Any:

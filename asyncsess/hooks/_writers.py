@@ -1,19 +1,19 @@
 """The hooks' file helpers: event writers, step estimates, background checkpoints.
 
 Everything here that touches the disk runs on a thread: the session's worker
-thread (through `run_in_session_thread`) or, for background writes, its own.
+thread (through `run_in_session_thread`) or, for background writes, a
+`WorkerThread` of their own.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
-from .._backend import Completion, current_bridge
-from .._tf import FileWriterCache, session_interface
-from .._worker import run_in_session_thread
+from .._backend import current_bridge
+from .._tf import FileWriterCache, session_interface, tf, v1
+from .._worker import WorkerThread, run_in_session_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,29 +74,41 @@ class StepEstimate:
             self._delta = exact - fetched
 
 
-def snapshot_tensors(saver: Any, graph: Any) -> list[Any] | None:
-    """The tensors *saver*'s SaveV2 ops write, or None if it cannot be fed.
+def _save_v2_ops(saver: Any, graph: Any) -> list[Any] | None:
+    """The SaveV2 ops *saver*'s save tensor runs, in the order found.
 
-    Feeding these tensors with values fetched earlier makes the saver write that
-    snapshot, whatever the variables hold by then.
+    None if the saver has no save tensor, or saves in the deprecated V1 format
+    (which is saved synchronously).
     """
     saver_def = getattr(saver, "saver_def", None)
     if saver_def is None or not saver_def.save_tensor_name:
         return None
     stack = [graph.as_graph_element(saver_def.save_tensor_name).op]
     seen: set[str] = set()
-    tensors: list[Any] = []
+    found: list[Any] = []
     while stack:
         op = stack.pop()
         if op.name in seen:
             continue
         seen.add(op.name)
         if op.type in ("Save", "SaveSlices"):
-            return None  # the deprecated V1 format: saved synchronously
+            return None
         if op.type == "SaveV2":
-            tensors.extend(t for t in op.inputs[3:] if t not in tensors)
+            found.append(op)
         stack.extend(t.op for t in op.inputs)
         stack.extend(op.control_inputs)
+    return found
+
+
+def snapshot_tensors(saver: Any, graph: Any) -> list[Any] | None:
+    """The tensors *saver*'s SaveV2 ops write, or None if it cannot be fed.
+
+    Feeding these tensors with values fetched earlier makes the saver write that
+    snapshot, whatever the variables hold by then.
+    """
+    tensors: list[Any] = []
+    for op in _save_v2_ops(saver, graph) or ():
+        tensors.extend(t for t in op.inputs[3:] if t not in tensors)
     if not tensors or not all(graph.is_feedable(t) for t in tensors):
         return None
     return tensors
@@ -108,34 +120,18 @@ def _saved_keys_and_tensors(saver: Any, graph: Any) -> list[tuple[str, Any]] | N
     None if the saver cannot be snapshotted in TensorFlow: no V2 save op, a
     sliced (partitioned) tensor, a key saved twice, or a shape not fully known.
     """
-    from tensorflow.python.framework import tensor_util
-
-    saver_def = getattr(saver, "saver_def", None)
-    if saver_def is None or not saver_def.save_tensor_name:
-        return None
-    stack = [graph.as_graph_element(saver_def.save_tensor_name).op]
-    seen: set[str] = set()
     saved: dict[str, Any] = {}
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if op.type in ("Save", "SaveSlices"):
+    for op in _save_v2_ops(saver, graph) or ():
+        names = tf.get_static_value(op.inputs[1])
+        slices = tf.get_static_value(op.inputs[2])
+        if names is None or slices is None or any(slices.tolist()):
             return None
-        if op.type == "SaveV2":
-            names = tensor_util.constant_value(op.inputs[1])
-            slices = tensor_util.constant_value(op.inputs[2])
-            if names is None or slices is None or any(slices.tolist()):
+        for raw, tensor in zip(names.tolist(), op.inputs[3:], strict=True):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if saved.setdefault(key, tensor) is not tensor:
                 return None
-            for raw, tensor in zip(names.tolist(), op.inputs[3:], strict=True):
-                key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if saved.setdefault(key, tensor) is not tensor:
-                    return None
-                if not tensor.shape.is_fully_defined():
-                    return None
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
+            if not tensor.shape.is_fully_defined():
+                return None
     return sorted(saved.items()) or None
 
 
@@ -152,9 +148,6 @@ class ShadowSnapshot:
     """
 
     def __init__(self, saver: Any, graph: Any, saved: list[tuple[str, Any]]) -> None:
-        import tensorflow as tf
-
-        v1 = tf.compat.v1
         self._saver_def = saver.saver_def
         with graph.as_default(), graph.control_dependencies(None):
             with v1.name_scope("asyncsess_snapshot"):
@@ -174,7 +167,7 @@ class ShadowSnapshot:
                 self.snapshot_op = tf.group(*copies, name="snapshot")
             self.saver = v1.train.Saver(
                 var_list=shadows,
-                sharded=bool(getattr(saver, "_sharded", False)),
+                sharded=self._saver_def.sharded,
                 write_version=self._saver_def.version,
                 max_to_keep=None,
                 name="asyncsess_snapshot_saver",
@@ -257,32 +250,28 @@ def _rewriting_session_class() -> type:
 
 
 class BackgroundWrite:
-    """One checkpoint written from a snapshot on its own thread.
+    """One checkpoint written from a snapshot on a thread of its own.
 
-    `Saver.save` updates the ``checkpoint`` state file only after the data and
-    index files are complete, so `tf.train.latest_checkpoint` never sees a
-    partial checkpoint.
+    The thread is a `WorkerThread` in the snapshot session's graph that runs
+    this one write and exits. `Saver.save` updates the ``checkpoint`` state file
+    only after the data and index files are complete, so
+    `tf.train.latest_checkpoint` never sees a partial checkpoint, even if the
+    process is killed mid-write.
     """
 
-    def __init__(self, step: int, write: Callable[[], Any]) -> None:
+    def __init__(self, session: Any, step: int, save: Callable[[Any], Any]) -> None:
+        """Start ``save(session)``, inside the session's graph, as *step*'s write.
+
+        *session* is a snapshot's session (`feeding_session`,
+        `ShadowSnapshot.session_for`); ``save`` does the actual `Saver.save`.
+        """
         self.step = step
         self._bridge: LoopBridge = current_bridge()
-        self._completion = Completion()
-        self._thread = threading.Thread(
-            target=self._main,
-            args=(write,),
-            name=f"asyncsess-checkpoint-{step}",
-            daemon=True,
+        thread = WorkerThread(
+            session.graph, self._bridge, name=f"asyncsess-checkpoint-{step}"
         )
-        self._thread.start()
-
-    def _main(self, write: Callable[[], Any]) -> None:
-        completion = self._completion
-        try:
-            completion.value = write()
-        except BaseException as exc:
-            completion.error = exc
-        self._bridge.post(self._bridge.deliver, completion)
+        self._completion = thread.submit(save, session)
+        thread.stop()  # it exits once the write returns
 
     @property
     def done(self) -> bool:
@@ -296,21 +285,3 @@ class BackgroundWrite:
         """
         await self._bridge.wait(self._completion)
         return self._completion.result()
-
-
-def start_background_write(
-    session: Any, step: int, save: Callable[[Any], Any]
-) -> BackgroundWrite:
-    """Start ``save(session)`` as the checkpoint write of *step*, on its thread.
-
-    *session* is a snapshot's session (`feeding_session`,
-    `ShadowSnapshot.session_for`); ``save`` runs inside the session's graph and
-    does the actual `Saver.save`.
-    """
-    graph = session.graph
-
-    def write() -> Any:
-        with graph.as_default():
-            return save(session)
-
-    return BackgroundWrite(step, write)
