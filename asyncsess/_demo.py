@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 import numpy as np
 
+from ._cli import EXIT_OK
 from ._hook import SessionRunHook
 from ._signals import stop_on_signals
 from ._tf import global_step_read, tf, v1
@@ -195,7 +196,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     how = "Finished" if result.signal is None else f"Stopped by {result.signal}"
     _say(out, f"{how} at global step {result.final_step}. Checkpoint: {checkpoint}")
     _say(out, f"TensorBoard: tensorboard --logdir {options.logdir}")
-    return 0
+    return EXIT_OK
 
 
 def _started(options: DemoOptions, start: int, restored: str | None) -> str:

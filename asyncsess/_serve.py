@@ -14,6 +14,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ._cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, build_parser
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asyncsess.serve")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 TOKEN_ENV = "ASYNCSESS_TOKEN"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _NEW_TOKEN = "import secrets; print(secrets.token_urlsafe())"
@@ -45,8 +46,6 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     non-loopback ``--host`` was asked for without a token.
     """
     if not isinstance(args, argparse.Namespace):
-        from ._cli import build_parser
-
         args = build_parser().parse_args(["serve", *args])
     token = args.token or os.environ.get(TOKEN_ENV) or None
     problem = bind_problem(args.host, token)

@@ -1,10 +1,10 @@
-"""The web service's measurements: Prometheus metrics, device-step timing, step rate."""
+"""The web service's measurements: Prometheus metrics and device-step timing."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections import deque
 from typing import Any
 
 from prometheus_client import (
@@ -31,55 +31,44 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.steps = Counter(
-            "asyncsess_steps", "Training steps run by this process.", registry=r
+        counter = functools.partial(Counter, registry=self.registry)
+        gauge = functools.partial(Gauge, registry=self.registry)
+        histogram = functools.partial(Histogram, registry=self.registry)
+        step_histogram = functools.partial(histogram, buckets=STEP_BUCKETS)
+        self.steps = counter("asyncsess_steps", "Training steps run by this process.")
+        self.global_step = gauge("asyncsess_global_step", "The model's global step.")
+        self.loss = gauge("asyncsess_loss", "Loss of the last training step.")
+        self.steps_per_sec = gauge(
+            "asyncsess_steps_per_second", "Recent training step rate."
         )
-        self.global_step = Gauge(
-            "asyncsess_global_step", "The model's global step.", registry=r
+        self.running = gauge(
+            "asyncsess_training_running", "1 while the training loop runs."
         )
-        self.loss = Gauge(
-            "asyncsess_loss", "Loss of the last training step.", registry=r
-        )
-        self.steps_per_sec = Gauge(
-            "asyncsess_steps_per_second", "Recent training step rate.", registry=r
-        )
-        self.running = Gauge(
-            "asyncsess_training_running", "1 while the training loop runs.", registry=r
-        )
-        self.step_time = Histogram(
+        self.step_time = step_histogram(
             "asyncsess_step_seconds",
             "Wall time of one MonitoredSession.run(), hooks included.",
-            buckets=STEP_BUCKETS,
-            registry=r,
         )
-        self.device_time = Histogram(
+        self.device_time = step_histogram(
             "asyncsess_device_step_seconds",
             "Time of one step inside tf.Session.run on the worker thread.",
-            buckets=STEP_BUCKETS,
-            registry=r,
         )
-        self.hook_time = Histogram(
+        self.hook_time = step_histogram(
             "asyncsess_hook_seconds",
             "Time of one step outside the device step: hooks' before_run and "
             "after_run, merging and hand-offs.",
-            buckets=STEP_BUCKETS,
-            registry=r,
         )
-        self.loop_lag = Histogram(
+        self.loop_lag = histogram(
             "asyncsess_event_loop_lag_seconds",
             "How late the event loop woke a sleeping task (a blocked loop shows here).",
             buckets=LAG_BUCKETS,
-            registry=r,
         )
-        self.predictions = Counter(
-            "asyncsess_predict_rows", "Rows answered by POST /predict.", registry=r
+        self.predictions = counter(
+            "asyncsess_predict_rows", "Rows answered by POST /predict."
         )
-        self.rejected = Counter(
+        self.rejected = counter(
             "asyncsess_rejected_requests",
             "Requests refused with a 4xx status, by status.",
             ["status"],
-            registry=r,
         )
 
     def exposition(self) -> bytes:
@@ -121,29 +110,6 @@ class _ClockHook(TFSessionRunHook):  # type: ignore[misc]
     def after_run(self, run_context: Any, run_values: Any) -> None:
         if self._which == "stop":
             self._clock.mark("stop")
-
-
-class StepRate:
-    """Steps per second over the last few seconds of training."""
-
-    def __init__(self, window_secs: float = 3.0) -> None:
-        self._window = window_secs
-        self._marks: deque[tuple[float, int]] = deque()
-
-    def add(self, step: int, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._marks.append((now, step))
-        while len(self._marks) > 2 and now - self._marks[1][0] > self._window:
-            self._marks.popleft()
-
-    def rate(self) -> float:
-        if len(self._marks) < 2:
-            return 0.0
-        (t0, s0), (t1, s1) = self._marks[0], self._marks[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
-
-    def clear(self) -> None:
-        self._marks.clear()
 
 
 def finite_or_none(value: float) -> float | None:

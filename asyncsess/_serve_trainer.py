@@ -15,11 +15,12 @@ import anyio
 
 from ._demo import SyntheticData, build_model
 from ._exceptions import collapse
-from ._serve_metrics import DeviceClock, Metrics, StepRate, finite_or_none
+from ._serve_metrics import DeviceClock, Metrics, finite_or_none
 from ._session import MonitoredSession, SingularMonitoredSession
 from ._tf import v1
 from ._training import MonitoredTrainingSession
 from .hooks import StopAtStepHook
+from .hooks._rate import RateMeter
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -79,7 +80,8 @@ class Trainer:
         self.data = SyntheticData(config.input_dim, batch_size=config.batch_size)
         self.metrics = Metrics()
         self.clock = DeviceClock()
-        self.rate = StepRate()
+        #: Steps per second over the last few seconds of training.
+        self.rate = RateMeter(window_secs=3.0)
         self.history: deque[tuple[int, float | None, float]] = deque(
             maxlen=HISTORY_POINTS
         )
@@ -224,21 +226,25 @@ class Trainer:
             self.global_step += 1
         self.loss = loss
         now = time.monotonic()
-        self.rate.add(self.global_step, now)
+        self.rate.add(now, self.global_step)
         m = self.metrics
         m.steps.inc()
         m.global_step.set(self.global_step)
         m.loss.set(loss)
-        m.steps_per_sec.set(self.rate.rate())
+        m.steps_per_sec.set(self.steps_per_sec())
         m.step_time.observe(seconds)
         m.device_time.observe(self.clock.last)
         m.hook_time.observe(max(0.0, seconds - self.clock.last))
         if now - self._last_point >= HISTORY_EVERY_SECS:
             self._add_point(now)
 
+    def steps_per_sec(self) -> float:
+        """The recent step rate; 0.0 until two steps were recorded."""
+        return self.rate.per_sec() or 0.0
+
     def _add_point(self, now: float) -> None:
         self._last_point = now
-        point = (self.global_step, finite_or_none(self.loss), self.rate.rate())
+        point = (self.global_step, finite_or_none(self.loss), self.steps_per_sec())
         self.history.append(point)
 
     def _end_training(self) -> None:
@@ -288,7 +294,7 @@ class Trainer:
         return {
             "global_step": self.global_step,
             "loss": finite_or_none(self.loss),
-            "steps_per_sec": self.rate.rate() if self.running else 0.0,
+            "steps_per_sec": self.steps_per_sec() if self.running else 0.0,
             "running": self.running,
             "input_dim": self.config.input_dim,
             "predictions_from": self.serving,

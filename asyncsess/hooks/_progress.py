@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import sys
@@ -14,6 +13,7 @@ from .._hook import SessionRunHook
 from .._tf import SessionRunArgs, as_graph_element
 from .._worker import run_in_session_thread
 from ._checks import check_number, required_global_step
+from ._rate import RateMeter
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -84,7 +84,7 @@ class ProgressBarHook(SessionRunHook):
         self._stream = stream
         self._fetches: dict[str, Any] = {}
         self._display: _Display | None = None
-        self._rate = RateMeter()
+        self._rate = RateMeter(RATE_WINDOW_SECS)
         self._shown_step: int | None = None
         self._latest: tuple[int, dict[str, Any]] | None = None
 
@@ -141,28 +141,6 @@ class ProgressBarHook(SessionRunHook):
         if self._display is not None:
             self._display.close()
         self._display = None
-
-
-class RateMeter:
-    """Steps per second over the last `RATE_WINDOW_SECS` seconds."""
-
-    __slots__ = ("_samples",)
-
-    def __init__(self) -> None:
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
-
-    def add(self, now: float, step: int) -> None:
-        samples = self._samples
-        samples.append((now, step))
-        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_SECS:
-            samples.popleft()
-
-    def per_sec(self) -> float | None:
-        """The rate, or None before two samples a measurable time apart."""
-        if len(self._samples) < 2:
-            return None
-        (t0, s0), (t1, s1) = self._samples[0], self._samples[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
 
 
 @dataclass(frozen=True, slots=True)
