@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 
-from ._tf import CallableOptions, errors, tf, v1
+from ._tf import (
+    CallableOptions,
+    errors,
+    make_callable_from_options,
+    session_closed,
+    tf,
+    v1,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -168,7 +175,7 @@ class AsyncQueueRunner:
         options.feed.extend(p.name for p in self._placeholders)
         options.target.append(self.enqueue_op.name)
         try:
-            return sess._make_callable_from_options(options)  # type: ignore[no-any-return]
+            return make_callable_from_options(sess, options)  # type: ignore[no-any-return]
         except AttributeError:  # pragma: no cover - a session without it
             placeholders, op = self._placeholders, self.enqueue_op
             return lambda *values: sess.run(
@@ -188,7 +195,7 @@ class AsyncQueueRunner:
             logger.debug("AsyncQueueRunner %r ended: %s", self.name, exc)
             raise _Ended from None
         except RuntimeError:
-            if getattr(sess, "_closed", False):  # the TF session was closed
+            if session_closed(sess):
                 raise _Ended from None
             raise
         except errors.OpError as exc:

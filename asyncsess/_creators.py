@@ -17,12 +17,17 @@ from typing import Any
 import anyio
 
 from ._hook import describe
-from ._tf import Scaffold, TFSessionCreator, errors, v1
+from ._tf import (
+    Scaffold,
+    TFSessionCreator,
+    errors,
+    session_manager,
+    try_ready_session,
+    v1,
+)
 from ._worker import run_in_session_thread
 
 logger = logging.getLogger("asyncsess")
-
-_SessionManager = v1.train.SessionManager
 
 
 class SessionCreator(abc.ABC):
@@ -37,28 +42,39 @@ class SessionCreator(abc.ABC):
         """Create and return a ready `tf.compat.v1.Session`."""
 
 
-class _ReportingSessionManager(_SessionManager):  # type: ignore[misc,valid-type]
-    """TF's SessionManager, remembering whether it restored a checkpoint."""
+class _ScaffoldCreator(SessionCreator):
+    """What the chief and worker creators share: a scaffold, a SessionManager."""
 
-    restored = False
+    def __init__(self, scaffold: Any, master: str, config: Any) -> None:
+        self._scaffold = scaffold or Scaffold()
+        self._master = master
+        self._config = config
+        self._session_manager: Any = None
 
-    def _restore_checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        sess, restored = super()._restore_checkpoint(*args, **kwargs)
-        self.restored = restored
-        return sess, restored
+    @property
+    def scaffold(self) -> Any:
+        """The `Scaffold` this creator finalizes."""
+        return self._scaffold
+
+    def _finalized_manager(self) -> Any:
+        """Finalize the scaffold; TF's SessionManager for it (on the worker thread).
+
+        The manager is created once, with the graph being finalized.
+        """
+        scaffold = self._scaffold
+        scaffold.finalize()
+        if self._session_manager is None:
+            self._session_manager = session_manager(
+                local_init_op=scaffold.local_init_op,
+                local_init_feed_dict=scaffold.local_init_feed_dict,
+                ready_op=scaffold.ready_op,
+                ready_for_local_init_op=scaffold.ready_for_local_init_op,
+                graph=v1.get_default_graph(),
+            )
+        return self._session_manager
 
 
-def _session_manager(scaffold: Any) -> Any:
-    return _ReportingSessionManager(
-        local_init_op=scaffold.local_init_op,
-        local_init_feed_dict=scaffold.local_init_feed_dict,
-        ready_op=scaffold.ready_op,
-        ready_for_local_init_op=scaffold.ready_for_local_init_op,
-        graph=v1.get_default_graph(),
-    )
-
-
-class ChiefSessionCreator(SessionCreator):
+class ChiefSessionCreator(_ScaffoldCreator):
     """Creates a `tf.compat.v1.Session` for a chief: initializes or restores it.
 
     Same arguments and behaviour as `tf.compat.v1.train.ChiefSessionCreator`, with
@@ -90,25 +106,14 @@ class ChiefSessionCreator(SessionCreator):
             raise ValueError(
                 "Can not provide both checkpoint_dir and checkpoint_filename_with_path."
             )
-        self._scaffold = scaffold or Scaffold()
-        self._master = master
-        self._config = config
+        super().__init__(scaffold, master, config)
         self._checkpoint_dir = checkpoint_dir
         self._checkpoint_filename_with_path = checkpoint_filename_with_path
-        self._session_manager: Any = None
         self.restored_checkpoint: str | None = None
 
-    @property
-    def scaffold(self) -> Any:
-        """The `Scaffold` this creator finalizes."""
-        return self._scaffold
-
     def _create_blocking(self) -> Any:
+        manager = self._finalized_manager()
         scaffold = self._scaffold
-        scaffold.finalize()
-        if self._session_manager is None:
-            self._session_manager = _session_manager(scaffold)
-        manager = self._session_manager
         manager.restored = False
         path = self._checkpoint_filename_with_path
         if path is None and self._checkpoint_dir:
@@ -134,7 +139,7 @@ class ChiefSessionCreator(SessionCreator):
         return await run_in_session_thread(self._create_blocking)
 
 
-class WorkerSessionCreator(SessionCreator):
+class WorkerSessionCreator(_ScaffoldCreator):
     """Creates a `tf.compat.v1.Session` for a non-chief worker: waits for the chief.
 
     Same arguments as `tf.compat.v1.train.WorkerSessionCreator`. Each attempt opens
@@ -163,35 +168,12 @@ class WorkerSessionCreator(SessionCreator):
             raise ValueError(
                 f"max_wait_secs must be >= 0; Received: max_wait_secs={max_wait_secs!r}"
             )
-        self._scaffold = scaffold or Scaffold()
-        self._master = master
-        self._config = config
+        super().__init__(scaffold, master, config)
         self._max_wait_secs = float("inf") if max_wait_secs is None else max_wait_secs
-        self._session_manager: Any = None
-
-    @property
-    def scaffold(self) -> Any:
-        """The `Scaffold` this creator finalizes."""
-        return self._scaffold
 
     def _attempt(self) -> tuple[Any, str | None]:
-        scaffold = self._scaffold
-        scaffold.finalize()
-        if self._session_manager is None:
-            self._session_manager = _session_manager(scaffold)
-        manager = self._session_manager
-        sess = v1.Session(self._master, graph=manager._graph, config=self._config)
-        try:
-            ok, message = manager._try_run_local_init_op(sess)
-            if ok:
-                ok, message = manager._model_ready(sess)
-                if ok:
-                    return sess, None
-        except BaseException:
-            manager._safe_close(sess)
-            raise
-        manager._safe_close(sess)
-        return None, message
+        manager = self._finalized_manager()
+        return try_ready_session(manager, self._master, self._config)
 
     async def create_session(self) -> Any:
         """Wait until the chief made the model ready, then return a session.

@@ -22,7 +22,7 @@ import anyio
 
 from ._async_queue_runner import ASYNC_QUEUE_RUNNERS, AsyncQueueRunner
 from ._backend import current_bridge
-from ._tf import errors, v1
+from ._tf import errors, plain_queue_runner, session_closed, v1
 from ._worker import WorkerThread
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ logger = logging.getLogger("asyncsess")
 
 #: Starts ``fn(*args)`` as a background task of the session.
 Spawn = Callable[..., None]
-
-_QueueRunner = v1.train.queue_runner.QueueRunner
 
 
 @dataclass(slots=True)
@@ -108,7 +106,7 @@ class QueueRunners:
         self._spawn(_run_task, launch, scope, fn, *args)
 
     def _start_tf_runner(self, launch: _Launch, runner: Any) -> None:
-        if not _is_plain(runner):
+        if not plain_queue_runner(runner):
             # A subclass with its own loop (feed functions, say): TF's threads.
             launch.tf_threads.extend(
                 runner.create_threads(
@@ -211,16 +209,6 @@ class _Countdown:
             return self._count == 0
 
 
-def _is_plain(runner: Any) -> bool:
-    """Whether *runner* runs TensorFlow's own enqueue loop (we can run it)."""
-    kind = type(runner)
-    return (
-        isinstance(runner, _QueueRunner)
-        and kind._run is _QueueRunner._run
-        and kind.create_threads is _QueueRunner.create_threads
-    )
-
-
 def _enqueue_loop(
     sess: Any, coord: Any, runner: Any, op: Any, left: _Countdown
 ) -> None:
@@ -253,7 +241,7 @@ def _is_shutdown(exc: BaseException, sess: Any) -> bool:
     """An error TensorFlow raises only because the queue or session was closed."""
     if isinstance(exc, errors.CancelledError):
         return True
-    return isinstance(exc, RuntimeError) and bool(getattr(sess, "_closed", False))
+    return isinstance(exc, RuntimeError) and session_closed(sess)
 
 
 def _close_on_stop(sess: Any, coord: Any, cancel_ops: list[Any]) -> None:

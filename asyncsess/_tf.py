@@ -195,9 +195,107 @@ def _fits(dims: tuple[int | None, ...], shape: tuple[int, ...]) -> bool:
     return True
 
 
+def unfinalize_graph(graph: Any) -> None:
+    """Let ops be added to *graph* again (``Graph._unsafe_unfinalize``).
+
+    A session that finalized a graph the user had not finalized undoes it on
+    close, so the graph can be used by the next session, as TensorFlow's own
+    tests do.
+    """
+    graph._unsafe_unfinalize()
+
+
+def do_call(sess: Any, fn: Any, options: Any) -> Any:
+    """Run a `make_callable` callable as ``Session.run`` does (``Session._do_call``).
+
+    ``fn(options)`` runs with TF's error rewriting (the ``OpError`` names the op
+    from the graph, as ``Session.run``'s does).
+    """
+    return sess._do_call(fn, options)
+
+
+def session_closed(sess: Any) -> bool:
+    """Whether `close()` was called on *sess* (``Session._closed``; False if unknown).
+
+    After it, TensorFlow raises a plain ``RuntimeError`` from any run.
+    """
+    return bool(getattr(sess, "_closed", False))
+
+
+def make_callable_from_options(sess: Any, options: Any) -> Any:
+    """A C++ callable for `CallableOptions` (``Session._make_callable_from_options``).
+
+    Called with the feeds' values in ``options.feed`` order, it runs the targets
+    without ``Session.run``'s Python overhead, as TF's own QueueRunner does.
+    """
+    return sess._make_callable_from_options(options)
+
+
+_QueueRunner = v1.train.queue_runner.QueueRunner
+
+
+def plain_queue_runner(runner: Any) -> bool:
+    """Whether *runner* is a TF `QueueRunner` running TF's own enqueue loop.
+
+    True unless a subclass overrides ``QueueRunner._run`` (the loop) or
+    `create_threads`, so a caller may run that loop itself.
+    """
+    kind = type(runner)
+    return (
+        isinstance(runner, _QueueRunner)
+        and kind._run is _QueueRunner._run
+        and kind.create_threads is _QueueRunner.create_threads
+    )
+
+
+_SessionManager: Any = v1.train.SessionManager
+
+
+class _ReportingSessionManager(_SessionManager):  # type: ignore[misc]
+    """TF's SessionManager, remembering whether it restored a checkpoint."""
+
+    restored = False
+
+    def _restore_checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        sess, restored = super()._restore_checkpoint(*args, **kwargs)
+        self.restored = restored
+        return sess, restored
+
+
+def session_manager(**kwargs: Any) -> Any:
+    """TF's `SessionManager` (*kwargs* as its constructor's), reporting restores.
+
+    After each ``prepare_session``, its ``restored`` attribute says whether that
+    session was restored from a checkpoint (``SessionManager._restore_checkpoint``
+    returns it; the public method does not).
+    """
+    return _ReportingSessionManager(**kwargs)
+
+
+def try_ready_session(manager: Any, master: str, config: Any) -> tuple[Any, Any]:
+    """One attempt of ``SessionManager.wait_for_session``, without its sleep.
+
+    Opens a session on *manager*'s graph, runs its local init op when allowed
+    and checks that the model is ready. Returns ``(session, None)``, or
+    ``(None, message)`` with the session closed and why it is not ready.
+    """
+    sess = v1.Session(master, graph=manager._graph, config=config)
+    try:
+        ok, message = manager._try_run_local_init_op(sess)
+        if ok:
+            ok, message = manager._model_ready(sess)
+            if ok:
+                return sess, None
+    except BaseException:
+        manager._safe_close(sess)
+        raise
+    manager._safe_close(sess)
+    return None, message
+
+
 __all__ = [
-    "PREEMPTION_ERRORS",
     "FULL_TRACE",
+    "PREEMPTION_ERRORS",
     "Coordinator",
     "FileWriterCache",
     "Graph",
@@ -218,16 +316,23 @@ __all__ = [
     "TFSessionRunHook",
     "as_graph_element",
     "default_graph",
+    "do_call",
     "errors",
     "feed_converter",
     "fetch_plan",
     "global_step_read",
+    "make_callable_from_options",
     "meta_graph_def",
     "options_buffer",
+    "plain_queue_runner",
+    "session_closed",
     "session_interface",
+    "session_manager",
     "session_run",
     "tf",
     "tf_output",
+    "try_ready_session",
+    "unfinalize_graph",
     "v1",
     "write_graph",
 ]

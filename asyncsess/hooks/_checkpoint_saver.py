@@ -18,6 +18,7 @@ from .._tf import (
     SessionRunArgs,
     TFCheckpointSaverListener,
     meta_graph_def,
+    unfinalize_graph,
     v1,
     write_graph,
 )
@@ -402,7 +403,7 @@ class CheckpointSaverHook(SessionRunHook):
         """
         saver = self._get_saver(graph)
         if graph.finalized:
-            graph._unsafe_unfinalize()
+            unfinalize_graph(graph)
             try:
                 plan: ShadowSnapshot | list[Any] | None = shadow_snapshot(saver, graph)
             finally:
