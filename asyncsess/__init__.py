@@ -1,9 +1,11 @@
 """asyncsess: an anyio-native (asyncio and trio) MonitoredSession for TensorFlow.
 
 General layout: the public names are re-exported here from private modules, each
-owning one thing (``_session`` the lifecycle and run(), ``_dispatch`` the hooks,
-``_runargs`` the merge rules, ``_worker`` the device thread, ``_creators`` session
-creation, ``_recovery`` retries); ``asyncsess.hooks`` holds the standard hooks.
+owning one thing (``_session`` the lifecycle and public methods, ``_stepper`` the
+per-step path, ``_dispatch`` the hooks, ``_runargs`` the merged-run layout,
+``_run_cache`` the device step, ``_worker`` the threads, ``_creators`` session
+creation, ``_recovery`` the retry loop, ``_step_fn`` run_step_fn, ``_exceptions``
+the error types); ``asyncsess.hooks`` holds the standard hooks.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from ._async_queue_runner import AsyncQueueRunner as AsyncQueueRunner
 from ._creators import ChiefSessionCreator as ChiefSessionCreator
 from ._creators import SessionCreator as SessionCreator
 from ._creators import WorkerSessionCreator as WorkerSessionCreator
+from ._exceptions import FeedConflictError as FeedConflictError
+from ._exceptions import RunAfterStopError as RunAfterStopError
+from ._exceptions import SessionBrokenError as SessionBrokenError
+from ._exceptions import SessionStateError as SessionStateError
+from ._exceptions import WrongEventLoopError as WrongEventLoopError
 from ._hook import SessionRunHook as SessionRunHook
 from ._recovery import RecoveryPolicy as RecoveryPolicy
 from ._session import MonitoredSession as MonitoredSession
 from ._session import SingularMonitoredSession as SingularMonitoredSession
 from ._signals import stop_on_signals as stop_on_signals
-from ._step import StepContext as StepContext
+from ._step_fn import StepContext as StepContext
 from ._stop import StopReason as StopReason
 from ._tf import Scaffold as Scaffold
 from ._tf import SessionRunArgs as SessionRunArgs
@@ -32,20 +39,25 @@ from ._worker import run_in_session_thread as run_in_session_thread
 __all__ = (
     "AsyncQueueRunner",
     "ChiefSessionCreator",
+    "FeedConflictError",
     "MonitoredSession",
     "MonitoredTrainingSession",
     "RecoveryPolicy",
+    "RunAfterStopError",
     "Scaffold",
+    "SessionBrokenError",
     "SessionCreator",
     "SessionRunArgs",
     "SessionRunContext",
     "SessionRunHook",
     "SessionRunValues",
+    "SessionStateError",
     "SingularMonitoredSession",
     "StepContext",
     "StopReason",
     "USE_DEFAULT",
     "WorkerSessionCreator",
+    "WrongEventLoopError",
     "hooks",
     "run_in_session_thread",
     "stop_on_signals",

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import sniffio
 
+from ._exceptions import WrongEventLoopError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -60,7 +62,7 @@ class LoopBridge:
     def check_current(self) -> None:
         """Raise RuntimeError unless called from this bridge's loop and thread."""
         if threading.get_ident() != self.thread_id:
-            raise RuntimeError(
+            raise WrongEventLoopError(
                 "This session was opened in another thread; use it only from the "
                 "thread and event loop that opened it."
             )
@@ -104,7 +106,7 @@ class _AsyncioBridge(LoopBridge):
         except RuntimeError:  # another event loop library (trio) runs this call
             loop = None
         if loop is not self._loop:
-            raise RuntimeError(
+            raise WrongEventLoopError(
                 "This session was opened in another event loop; use it only from "
                 "the event loop that opened it."
             )
@@ -153,7 +155,7 @@ class _TrioBridge(LoopBridge):
         except RuntimeError:  # another event loop library (asyncio) runs this call
             token = None
         if token is not self._token:
-            raise RuntimeError(
+            raise WrongEventLoopError(
                 "This session was opened in another event loop (another trio run); "
                 "use it only from the trio run that opened it."
             )

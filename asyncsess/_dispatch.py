@@ -10,7 +10,6 @@ list order on the session's worker thread, batched with the device step.
 from __future__ import annotations
 
 import inspect
-import sys
 import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,14 +19,13 @@ import anyio
 from ._exceptions import explain_finalized, tag_source
 from ._graph import _drive, graph_context, in_graph
 from ._hook import SessionRunHook, describe, hook_name
-from ._tf import OutOfRangeError, SessionRunValues, TFSessionRunHook
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    pass
+from ._stop import current_hook
+from ._tf import OutOfRangeError, TFSessionRunHook
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from ._runargs import StepOutcome
     from ._worker import WorkerThread
 
 PHASES = ("begin", "after_create_session", "before_run", "after_run", "end", "on_error")
@@ -83,6 +81,7 @@ def classify(hooks: Sequence[Any]) -> list[HookEntry]:
 
 async def call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> Any:
     """Call an async hook's method inside the graph, tagging what it raises."""
+    token = current_hook.set(entry.hook)
     try:
         result = getattr(entry.hook, phase)(*args)
         if inspect.isawaitable(result):
@@ -93,6 +92,8 @@ async def call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> An
         if better is exc:
             raise
         raise better from exc
+    finally:
+        current_hook.reset(token)
 
 
 class _Siblings:
@@ -128,43 +129,62 @@ async def call_phase(
     are cancelled. Pinned by tests/test_session.py::TestRun and ::TestExit.
     """
     results: list[Any] = [None] * len(entries)
-    suspended: tuple[int, Any, Any, Any] | None = None
-    # One graph entry for every first step: nothing is awaited in between.
-    with graph_context(graph):
-        for index, entry in enumerate(entries):
-            quiet = entry.quiet.get(phase, 0)
-            if quiet >= _QUIET:
-                # A hook that has not suspended lately is probed without a scope
-                # (cheap); should it suspend now, it is driven here and a failing
-                # sibling waits for it instead of cancelling it.
-                scope = _NO_SCOPE
-            else:  # others get a scope first, so that they can be cancelled
-                scope = anyio.CancelScope()
-                scope.__enter__()
-            try:
-                result = getattr(entry.hook, phase)(*arglists[index])
-                if type(result) is not types.CoroutineType:
-                    if not inspect.isawaitable(result):
-                        raise StopIteration(result)  # a plain method's value
-                    result = _await(result)
-                suspended = (index, result, result.send(None), scope)
-                entry.quiet[phase] = 0
-                break
-            except StopIteration as stop:
-                results[index] = stop.value
-            except BaseException as exc:
-                scope.__exit__(type(exc), exc, exc.__traceback__)
-                raise _tagged_or_same(exc, entry, phase) from exc.__cause__
-            if quiet < _QUIET:
-                scope.__exit__(None, None, None)
-                entry.quiet[phase] = quiet + 1
-    if suspended is not None:  # this hook goes on here, the later ones beside it
-        index, coro, yielded, scope = suspended
-        await _finish_beside(
-            entries, index, coro, yielded, scope, phase, graph, arglists, spawn,
-            results,
-        )  # fmt: skip
+    token = current_hook.set(None)
+    try:
+        # One graph entry for every first step: nothing is awaited in between.
+        with graph_context(graph):
+            suspended = _first_steps(entries, phase, arglists, results)
+        if suspended is not None:  # this hook goes on here, the later ones beside
+            index, coro, yielded, scope = suspended
+            await _finish_beside(
+                entries, index, coro, yielded, scope, phase, graph, arglists, spawn,
+                results,
+            )  # fmt: skip
+    finally:
+        current_hook.reset(token)
     return results
+
+
+def _first_steps(
+    entries: Sequence[HookEntry],
+    phase: str,
+    arglists: Sequence[tuple[Any, ...]],
+    results: list[Any],
+) -> tuple[int, Any, Any, Any] | None:
+    """Run each hook's first step until one suspends: (index, coro, yielded, scope).
+
+    The hooks before it have finished and their results are in *results*.
+    """
+    for index, entry in enumerate(entries):
+        quiet = entry.quiet.get(phase, 0)
+        if quiet >= _QUIET:
+            # A hook that has not suspended lately is probed without a scope
+            # (cheap); should it suspend now, it is driven here and a failing
+            # sibling waits for it instead of cancelling it.
+            scope = _NO_SCOPE
+        else:  # others get a scope first, so that they can be cancelled
+            scope = anyio.CancelScope()
+            scope.__enter__()
+        current_hook.set(entry.hook)  # who calls run_context.request_stop()
+        try:
+            result = getattr(entry.hook, phase)(*arglists[index])
+            if type(result) is types.CoroutineType or inspect.isawaitable(result):
+                coro = result if type(result) is types.CoroutineType else _await(result)
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as stop:  # finished without suspending
+                    result = stop.value
+                else:
+                    entry.quiet[phase] = 0
+                    return index, coro, yielded, scope
+            results[index] = result  # a plain method's value, or the coroutine's
+        except BaseException as exc:
+            scope.__exit__(type(exc), exc, exc.__traceback__)
+            raise _tagged_or_same(exc, entry, phase) from exc.__cause__
+        if quiet < _QUIET:
+            scope.__exit__(None, None, None)
+            entry.quiet[phase] = quiet + 1
+    return None
 
 
 class _NoScope:
@@ -222,6 +242,7 @@ async def _finish_beside(
         raise RuntimeError("concurrent hooks need an open session")
 
     async def sibling(position: int) -> None:
+        current_hook.set(entries[position].hook)
         with anyio.CancelScope() as own:
             siblings.scopes.append(own)
             try:
@@ -268,13 +289,14 @@ def _tagged(exc: BaseException, entry: HookEntry, phase: str) -> BaseException:
     if better is not exc:
         better.__cause__ = exc
         return better
-    if isinstance(exc, OutOfRangeError):
+    if isinstance(exc, (OutOfRangeError, StopIteration)):
         tag_source(exc, f"{entry.name}.{phase}()")
     return exc
 
 
 def call_sync(entry: HookEntry, phase: str, *args: Any) -> Any:
     """Call a TF hook's method on the current (worker) thread, tagging its errors."""
+    token = current_hook.set(entry.hook)
     try:
         return getattr(entry.hook, phase)(*args)
     except BaseException as exc:
@@ -282,6 +304,8 @@ def call_sync(entry: HookEntry, phase: str, *args: Any) -> Any:
         if better is exc:
             raise
         raise better from exc
+    finally:
+        current_hook.reset(token)
 
 
 class Dispatcher:
@@ -340,25 +364,17 @@ class Dispatcher:
         for entry in self.sync_before:
             requests[entry.request_slot] = call_sync(entry, "before_run", run_context)
 
-    def values_for(self, entry: HookEntry, step: Any) -> Any:
-        """The SessionRunValues for *entry*'s after_run of *step*."""
-        index = step.slots[entry.request_slot] if entry.request_slot >= 0 else None
-        return SessionRunValues(
-            results=step.outputs[index] if index is not None else None,
-            options=step.options,
-            run_metadata=step.run_metadata,
-        )
-
-    def sync_after_run(self, run_context: Any, step: Any) -> None:
+    def sync_after_run(self, run_context: Any, step: StepOutcome) -> None:
         """Call the TF hooks' after_run (on the worker thread) with their values."""
         for entry in self.sync_after:
-            call_sync(entry, "after_run", run_context, self.values_for(entry, step))
+            values = step.values_for(entry.request_slot)
+            call_sync(entry, "after_run", run_context, values)
 
     def after_run_args(
-        self, entries: list[HookEntry], run_context: Any, step: Any
+        self, entries: list[HookEntry], run_context: Any, step: StepOutcome
     ) -> list[tuple[Any, ...]]:
         """The arguments of *entries*' after_run for *step*: each its own values."""
-        return [(run_context, self.values_for(e, step)) for e in entries]
+        return [(run_context, step.values_for(e.request_slot)) for e in entries]
 
     async def after_run(
         self, entries: list[HookEntry], arglists: list[tuple[Any, ...]]

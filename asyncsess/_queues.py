@@ -56,13 +56,11 @@ class QueueRunners:
         graph: Any,
         worker: WorkerThread,
         spawn: Spawn,
-        wait: Callable[[Any], Awaitable[None]],
         grace: float,
     ) -> None:
         self._graph = graph
         self._worker = worker
         self._spawn = spawn
-        self._wait = wait
         self._grace = grace
         self._coord: Any = None
         self._launch: _Launch | None = None
@@ -135,21 +133,18 @@ class QueueRunners:
         if launch is not None:
             await self._stop_launch(launch)
         threads = launch.tf_threads if launch is not None else []
-        completion = self._worker.submit(_join, coord, threads, self._grace)
-        await self._wait(completion)
-        if not completion.done:
-            self._worker.abandon(completion)
-            return None
-        result: BaseException | None = completion.value
+        joined = await self._worker.call_within(
+            self._grace, _join, coord, threads, self._grace
+        )
+        result: BaseException | None = joined.value if joined.done else None
         return result
 
     async def _stop_launch(self, launch: _Launch) -> None:
         for scope in launch.scopes:
             scope.cancel()
-        lasts: list[tuple[WorkerThread, Completion]] = []
-        for thread in launch.threads:
-            lasts.append((thread, thread.submit(_noop)))
-            thread.stop()
+        lasts: list[tuple[WorkerThread, Completion]] = [
+            (thread, thread.stop()) for thread in launch.threads
+        ]
         with anyio.move_on_after(self._grace):
             for _, last in lasts:
                 await launch.bridge.wait(last)
@@ -256,10 +251,6 @@ def _run_quietly(sess: Any, op: Any) -> None:
         sess.run(op)
     except Exception as exc:  # TensorFlow ignores these too
         logger.debug("Ignored exception closing a queue: %r", exc)
-
-
-def _noop() -> None:
-    return None
 
 
 def _join(coord: Any, threads: list[Any], grace: float) -> BaseException | None:

@@ -1,12 +1,27 @@
-"""Recovery from preemption: which errors, how many retries, how far apart, and why."""
+"""Recovery from preemption: which errors, how many retries, how far apart, and why.
+
+`Recovery` is the one loop every retried call of a session goes through (creating
+the TF session, a step, a step function): find the root cause, decide whether it
+is a preemption, recreate the TF session and call again.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
 
 from ._tf import PREEMPTION_ERRORS, OutOfRangeError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger("asyncsess")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +88,20 @@ def is_preemption(exc: BaseException) -> bool:
     return isinstance(exc, PREEMPTION_ERRORS)
 
 
-def raise_coordinator_error(coord: Any) -> None:
-    """Raise the coordinator's reported error, unless it is a preemption."""
+def held_error(coord: Any) -> BaseException | None:
+    """The error the coordinator was stopped with, or None."""
     try:
         coord.raise_requested_exception()
     except Exception as exc:
-        if not is_preemption(exc):
-            raise
+        return exc
+    return None
+
+
+def raise_coordinator_error(coord: Any) -> None:
+    """Raise the coordinator's reported error, unless it is a preemption."""
+    error = held_error(coord)
+    if error is not None and not is_preemption(error):
+        raise error
 
 
 def coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
@@ -96,3 +118,129 @@ def coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
         if is_preemption(held) or isinstance(exc, OutOfRangeError):
             return held
     return exc
+
+
+class Recovery:
+    """The retry loop of one session, and its counters.
+
+    Args:
+      create: Creates the TF session once (init/restore, queue runners, hooks'
+        after_create_session).
+      release: Stops the queue runners and closes the TF session.
+      coordinator: Returns the current TF session's coordinator, or None.
+      enabled: False for `SingularMonitoredSession`: errors propagate.
+    """
+
+    def __init__(
+        self,
+        create: Callable[[], Awaitable[None]],
+        release: Callable[[], Awaitable[object]],
+        coordinator: Callable[[], Any],
+        *,
+        enabled: bool,
+    ) -> None:
+        self._create = create
+        self._release = release
+        self._coordinator = coordinator
+        self.enabled = enabled
+        #: How preemption errors are retried (replaceable at any time).
+        self.policy = RecoveryPolicy()
+        #: TF sessions recreated after a preemption, in all.
+        self.count = 0
+        #: Recoveries since the last call that succeeded.
+        self.in_a_row = 0
+        #: Why the session cannot be used any more (recovery failed), or None.
+        self.broken: str | None = None
+        #: A preemption the coordinator held when `should_stop` looked: the next
+        #: call recreates the TF session first, as TensorFlow's ``_check_stop``.
+        self.pending: BaseException | None = None
+
+    async def create(self) -> None:
+        """Create the TF session, retrying preemptions under the policy."""
+        await self._loop(False, "creating the session", self._create)
+
+    async def call(
+        self, during: str, attempt: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """``await attempt(*args)``, recreating the TF session after a preemption.
+
+        Raises the root cause of a failed attempt (TF's rule: a preemption the
+        coordinator holds), or the last preemption once the policy gives up.
+
+        Cancellation: cancels the attempt or the recovery in progress.
+        """
+        if self.pending is not None:
+            error, self.pending = self.pending, None
+            await self._recover(error, "checking whether to stop")
+        return await self._loop(True, during, attempt, *args)
+
+    async def _loop(
+        self,
+        recreate: bool,
+        during: str,
+        attempt: Callable[..., Awaitable[T]],
+        *args: Any,
+    ) -> T:
+        while True:
+            try:
+                result = await attempt(*args)
+            except Exception as exc:
+                error = coordinator_root_cause(self._coordinator(), exc)
+                if not (self.enabled and is_preemption(error)):
+                    if error is exc:
+                        raise
+                    raise error from None
+                if recreate:
+                    await self._recover(error, during)
+                else:  # the attempt itself creates the session again
+                    await self._prepare_retry(error, during)
+                continue
+            if recreate:
+                self.in_a_row = 0
+            return result
+
+    async def _recover(self, exc: BaseException, during: str) -> None:
+        try:
+            await self._prepare_retry(exc, during)
+            await self.create()
+        except BaseException as error:
+            if error is exc:  # the policy refused another recovery
+                reason = f"gave up after {self.in_a_row - 1} recoveries in a row"
+            else:
+                reason = "could not be recreated after a preemption"
+            self.broken = (
+                f"The session {reason} ({type(error).__name__}: {error}); close it "
+                "and open a new one."
+            )
+            raise
+
+    async def _prepare_retry(self, exc: BaseException, during: str) -> None:
+        """Count a recovery, enforce the policy, back off and drop the old session."""
+        self.in_a_row += 1
+        policy = self.policy
+        if not policy.allows(self.in_a_row):
+            logger.error(
+                "Giving up after %d recoveries in a row (limit %s) while %s: %s",
+                self.in_a_row - 1,
+                policy.max_recoveries,
+                during,
+                exc,
+            )
+            raise exc
+        # Counted once allowed: a refused recovery recreates nothing
+        # (tests/test_recovery.py::TestPolicy).
+        self.count += 1
+        logger.warning(
+            "Recovering from %s while %s (recovery %d, %d in a row); a new session "
+            "will be created. This may be due to a preemption of a worker or "
+            "parameter server. Error: %s",
+            type(exc).__name__,
+            during,
+            self.count,
+            self.in_a_row,
+            exc,
+        )
+        await self._release()
+        delay = policy.delay(self.in_a_row)
+        if delay:
+            await anyio.sleep(delay)

@@ -1,7 +1,9 @@
-"""Pure functions merging the caller's and the hooks' run arguments, as TensorFlow does.
+"""The merged-run layout: the caller's and the hooks' run arguments merged, as
+TensorFlow does, and one step's outputs split back into the caller's results and
+each hook's `SessionRunValues`.
 
 No event loop, no session: the rules of `_HookedSession.run` and
-`_call_hook_before_run` (monitored_session.py) in a form the dispatcher calls once
+`_call_hook_before_run` (monitored_session.py) in a form the step path calls once
 per step and the tests call directly.
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._exceptions import FeedConflictError
 from ._hook import describe, hook_name
-from ._tf import RunMetadata, RunOptions, SessionRunArgs
+from ._tf import RunMetadata, RunOptions, SessionRunArgs, SessionRunValues
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -30,6 +33,46 @@ class MergedRun:
     slots: tuple[int | None, ...]
     #: True when ``fetches`` is ``[caller_fetches, hook fetches...]``.
     wrapped: bool
+
+    def split(self, outputs: Any, with_values: bool) -> StepOutcome:
+        """The step's *outputs* split back: the caller's result, the hooks' values.
+
+        *with_values*: some hook's after_run reads `SessionRunValues`, which carry
+        a RunOptions and a RunMetadata even when the step had none, as in
+        TensorFlow (built only then: most steps have no after_run).
+        """
+        options, run_metadata = self.options, self.run_metadata
+        if with_values:
+            options = RunOptions() if options is None else options
+            run_metadata = RunMetadata() if run_metadata is None else run_metadata
+        return StepOutcome(
+            outputs[0] if self.wrapped else outputs,
+            outputs,
+            self.slots,
+            options,
+            run_metadata,
+        )
+
+
+@dataclass(slots=True)  # not frozen: built every step, frozen init costs 2x
+class StepOutcome:
+    """One device step's outputs, as the caller and the hooks' after_run see them."""
+
+    #: What the caller's ``run()`` returns.
+    result: Any
+    outputs: Any
+    slots: tuple[int | None, ...]
+    options: Any
+    run_metadata: Any
+
+    def values_for(self, request_slot: int) -> Any:
+        """The `SessionRunValues` of the hook at *request_slot* (-1: no request)."""
+        index = self.slots[request_slot] if request_slot >= 0 else None
+        return SessionRunValues(
+            results=self.outputs[index] if index is not None else None,
+            options=self.options,
+            run_metadata=self.run_metadata,
+        )
 
 
 def check_request(hook: object, request: object, phase: str = "before_run") -> None:
@@ -57,7 +100,7 @@ def raise_if_feeds_intersect(
     names1 = {_feed_name(k): k for k in feeds1}
     conflicts = [names1[n] for n in map(_feed_name, feeds2) if n in names1]
     if conflicts:
-        raise RuntimeError(f"{message} Conflict(s): {conflicts!s} ({who}).")
+        raise FeedConflictError(f"{message} Conflict(s): {conflicts!s} ({who}).")
 
 
 def merge_run_options(options: Any, incoming: Any) -> None:

@@ -1,4 +1,10 @@
-"""MonitoredSession and SingularMonitoredSession: lifecycle, run(), recovery, exit."""
+"""MonitoredSession and SingularMonitoredSession: lifecycle, stopping, run() entry.
+
+The session owns the lifecycle (open, close, the TF session and its coordinator)
+and the public methods. Each step goes to its `Stepper` (``_stepper.py``), each
+retried call through its `Recovery` (``_recovery.py``), and every blocking TF
+call to its `WorkerThread` (``_worker.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,43 +15,59 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._backend import Completion, current_bridge
+from ._backend import current_bridge
 from ._creators import ChiefSessionCreator, adapt_creator
 from ._dispatch import Dispatcher, call_async, call_sync
-from ._exceptions import source_of
+from ._exceptions import (
+    RunAfterStopError,
+    SessionBrokenError,
+    SessionStateError,
+    end_of_input,
+    explain_finalized,
+    source_of,
+)
 from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
-from ._recovery import (
-    RecoveryPolicy,
-    coordinator_root_cause,
-    is_preemption,
-    raise_coordinator_error,
-)
+from ._recovery import Recovery, RecoveryPolicy, held_error, is_preemption
 from ._run_cache import RunCache
-from ._step import StepFnRunner, check_step_fn
-from ._steps import StepPath
+from ._step_fn import call_step_fn, check_step_fn, stop_requested_by
+from ._stepper import Stepper
 from ._stop import StopReason
 from ._tf import (
     Coordinator,
-    OutOfRangeError,
     TFSessionRunHook,
     default_graph,
     errors,
+    unfinalize_graph,
     v1,
 )
 from ._worker import WorkerThread, current_worker
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
     from types import TracebackType
+    from typing import TypeAlias
 
     from anyio.abc import TaskGroup
     from typing_extensions import Self
 
     from ._backend import LoopBridge
+    from ._creators import SessionCreator
+    from ._step_fn import StepContext
+    from ._stop import RunContext
+    from ._tf import TFSessionCreator
+
+    #: A hook of either kind: asyncsess's async one or TensorFlow's own.
+    AnyHook: TypeAlias = SessionRunHook | TFSessionRunHook
+    #: A session creator of either kind.
+    SessionCreatorLike: TypeAlias = SessionCreator | TFSessionCreator
+    #: ``Session.run``'s feed_dict: graph elements (or their names) to values.
+    FeedDict: TypeAlias = Mapping[Any, Any]
 
 logger = logging.getLogger("asyncsess")
 
-_END_OF_INPUT = (OutOfRangeError, StopIteration)
+_STEP = "running a step"
+_STEP_FN = "running a step_fn"
 
 
 class State(enum.Enum):
@@ -56,7 +78,7 @@ class State(enum.Enum):
     CLOSED = 5  # everything released; close() again is a no-op
 
 
-class MonitoredSession(StepPath, StepFnRunner):
+class MonitoredSession:
     """Session-like object that handles initialization, recovery and hooks, async.
 
     The anyio-native counterpart of `tf.compat.v1.train.MonitoredSession`::
@@ -84,6 +106,10 @@ class MonitoredSession(StepPath, StepFnRunner):
       hooks: asyncsess and/or TensorFlow `SessionRunHook` instances.
       stop_grace_period_secs: Seconds given to threads and pending work to stop
         when the session closes.
+      recovery: How preemption errors are retried (see `recovery`).
+      step_cancel_grace: Seconds a cancelled step gets to finish (see
+        `step_cancel_grace`).
+      caller_thread_below: See `caller_thread_below`.
 
     Cancellation: see `run`, `open` and `close`. After a cancellation the session
     is either still usable or closes cleanly on exit; no thread, task or TF
@@ -94,47 +120,44 @@ class MonitoredSession(StepPath, StepFnRunner):
 
     def __init__(
         self,
-        session_creator: Any = None,
-        hooks: Any = None,
+        session_creator: SessionCreatorLike | None = None,
+        hooks: Iterable[AnyHook] | None = None,
         *,
         stop_grace_period_secs: float = 120,
+        recovery: RecoveryPolicy | None = None,
+        step_cancel_grace: float = 0.25,
+        caller_thread_below: float = 1e-3,
     ) -> None:
-        if not isinstance(stop_grace_period_secs, (int, float)) or (
-            stop_grace_period_secs < 0
-        ):
-            raise ValueError(
-                "stop_grace_period_secs must be a number >= 0; "
-                f"Received: stop_grace_period_secs={stop_grace_period_secs!r}"
-            )
+        self._grace = _seconds("stop_grace_period_secs", stop_grace_period_secs)
         self._graph = default_graph()
         self._creator = adapt_creator(session_creator)
         self._hooks = _hook_list(hooks)
         self._dispatch = Dispatcher(self._hooks, self._graph)
-        self._grace = float(stop_grace_period_secs)
-        #: Session.run through cached make_callables (used on the worker only).
-        self._run_cache = RunCache()
-        #: How preemption errors are retried; replace it before or while running.
-        self.recovery = RecoveryPolicy()
-        #: Seconds a cancelled step is given to finish before the TF session is
-        #: closed to interrupt it (tests/test_cancellation.py).
-        self.step_cancel_grace = 0.25
+        self._recovery = Recovery(
+            self._create_tf_session,
+            self._release_tf_session,
+            lambda: self._coord,
+            enabled=self._should_recover,
+        )
         self._state = State.UNOPENED
         self._bridge: LoopBridge | None = None
         self._worker: WorkerThread | None = None
+        self._stepper: Stepper | None = None
+        #: The stepper's device step (built in open()).
+        self._run_cache: RunCache | None = None
         self._lock: anyio.Lock | None = None
-        self._tf_sess: Any = None
         self._coord: Any = None
         self._runners: QueueRunners | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
         self._graph_was_finalized = False
         self._stop: StopReason | None = None
-        self._recoveries = 0
-        self._in_a_row = 0
-        self._broken: str | None = None
-        #: The previous step's run context and the overlapping hooks' after_run
-        #: arguments, not yet awaited.
-        self._pending: tuple[Any, list[Any]] | None = None
+        self._step_cancel_grace = 0.25
+        self._caller_thread_below = 1e-3
+        if recovery is not None:
+            self.recovery = recovery
+        self.step_cancel_grace = step_cancel_grace
+        self.caller_thread_below = caller_thread_below
 
     # -- public properties ------------------------------------------------------
 
@@ -151,7 +174,37 @@ class MonitoredSession(StepPath, StepFnRunner):
     @property
     def recovery_count(self) -> int:
         """How many times the TF session was recreated after a preemption."""
-        return self._recoveries
+        return self._recovery.count
+
+    @property
+    def recovery(self) -> RecoveryPolicy:
+        """How preemption errors are retried; replace it before or while running."""
+        return self._recovery.policy
+
+    @recovery.setter
+    def recovery(self, policy: RecoveryPolicy) -> None:
+        if not isinstance(policy, RecoveryPolicy):
+            raise TypeError(
+                f"recovery must be an asyncsess.RecoveryPolicy; Received: "
+                f"recovery={policy!r}"
+            )
+        self._recovery.policy = policy
+
+    @property
+    def step_cancel_grace(self) -> float:
+        """Seconds a cancelled step is given to finish before it is abandoned.
+
+        An abandoned step keeps running inside TensorFlow; the next step waits
+        for it and closing the session interrupts it (tests/test_cancellation.py).
+        Default 0.25.
+        """
+        return self._step_cancel_grace
+
+    @step_cancel_grace.setter
+    def step_cancel_grace(self, seconds: float) -> None:
+        self._step_cancel_grace = _seconds("step_cancel_grace", seconds)
+        if self._stepper is not None:
+            self._stepper.cancel_grace = self._step_cancel_grace
 
     @property
     def caller_thread_below(self) -> float:
@@ -165,16 +218,17 @@ class MonitoredSession(StepPath, StepFnRunner):
         whichever was faster (``RunOptions.inter_op_thread_pool=-1``). Default
         1 ms; 0 turns it off.
         """
-        return self._run_cache.probe_below
+        return self._caller_thread_below
 
     @caller_thread_below.setter
     def caller_thread_below(self, seconds: float) -> None:
-        if not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(
-                "caller_thread_below must be a number of seconds >= 0; "
-                f"Received: caller_thread_below={seconds!r}"
-            )
-        self._run_cache.configure(float(seconds))
+        self._caller_thread_below = _seconds("caller_thread_below", seconds)
+        if self._run_cache is not None:
+            self._run_cache.configure(self._caller_thread_below)
+
+    @property
+    def _tf_sess(self) -> Any:
+        return None if self._stepper is None else self._stepper.session
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -188,8 +242,7 @@ class MonitoredSession(StepPath, StepFnRunner):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if exc_type in _END_OF_INPUT:
-            assert exc is not None
+        if exc is not None and end_of_input(exc):
             self._note_end_of_input(exc)
             await self._close(None)
             return True
@@ -203,7 +256,7 @@ class MonitoredSession(StepPath, StepFnRunner):
         with `close`.
 
         Raises:
-          RuntimeError: if the session was already opened.
+          SessionStateError: if the session was already opened.
 
         Cancellation: always yields. Cancelling it (or a hook raising) closes what
         was opened: the TF session, queue runners and the worker thread; the
@@ -211,7 +264,7 @@ class MonitoredSession(StepPath, StepFnRunner):
         when cancelled is closed as soon as its creation ends.
         """
         if self._state is not State.UNOPENED:
-            raise RuntimeError(
+            raise SessionStateError(
                 f"{type(self).__name__}.open() was called on a session that is "
                 f"{self._state.name.lower()}; a session opens once."
             )
@@ -219,11 +272,18 @@ class MonitoredSession(StepPath, StepFnRunner):
         self._bridge = current_bridge()
         self._lock = anyio.Lock(fast_acquire=True)
         self._graph_was_finalized = self._graph.finalized
-        self._worker = WorkerThread(self._graph, self._bridge)
-        self._runners = QueueRunners(
-            self._graph, self._worker, self._spawn, self._wait_bounded, self._grace
+        worker = self._worker = WorkerThread(self._graph, self._bridge)
+        cache = self._run_cache = RunCache()
+        cache.configure(self._caller_thread_below)
+        self._stepper = Stepper(
+            self._dispatch,
+            worker,
+            cache,
+            self._note_hook_stop,
+            self._step_cancel_grace,
         )
-        token = current_worker.set(self._worker)
+        self._runners = QueueRunners(self._graph, worker, self._spawn, self._grace)
+        token = current_worker.set(worker)
         try:
             # Background work of the session (queue runners, pending hooks) runs in
             # this task group, entered here and left in close(): open() and close()
@@ -233,8 +293,8 @@ class MonitoredSession(StepPath, StepFnRunner):
                 anyio.create_task_group()
             )
             self._dispatch.spawn = self._spawn
-            await self._dispatch.call_in_order("begin", self._worker)
-            await self._create_session()
+            await self._dispatch.call_in_order("begin", worker)
+            await self._recovery.create()
         except BaseException as exc:
             try:
                 with anyio.CancelScope(shield=True):
@@ -275,6 +335,7 @@ class MonitoredSession(StepPath, StepFnRunner):
             return
         assert self._worker is not None
         assert self._bridge is not None
+        assert self._stepper is not None
         # From another thread or loop, the shutdown would run half and then fail
         # leaving the task group (tests/test_bad_input.py::TestLifecycleMisuse).
         self._bridge.check_current()
@@ -283,7 +344,7 @@ class MonitoredSession(StepPath, StepFnRunner):
         try:
             try:
                 if exc is None and self._tf_sess is not None:
-                    await self._drain_pending()
+                    await self._stepper.drain()
                     await self._dispatch.call_in_order(
                         "end", self._worker, self._tf_sess
                     )
@@ -340,61 +401,58 @@ class MonitoredSession(StepPath, StepFnRunner):
         if self._runners is not None:
             await self._runners.close()  # async sources shared across TF sessions
         worker = self._worker
-        if worker is not None:
-            last = worker.submit(lambda: None)
-            worker.stop()
-            with anyio.move_on_after(self._grace):
-                assert self._bridge is not None
-                await self._bridge.wait(last)
-            # After the last job the thread only has to return: a short join,
-            # and none at all (no blocking of the loop) if it is still busy.
-            if not (last.done and worker.join(timeout=0.5)):
-                logger.warning(
-                    "Worker thread %s is still busy inside TensorFlow after %.0fs; "
-                    "it is a daemon thread and exits when that call returns.",
-                    worker.name,
-                    self._grace,
-                )
+        if worker is not None and not await worker.aclose(self._grace):
+            logger.warning(
+                "Worker thread %s is still busy inside TensorFlow after %.0fs; "
+                "it is a daemon thread and exits when that call returns.",
+                worker.name,
+                self._grace,
+            )
         if not self._graph_was_finalized:
-            self._graph._unsafe_unfinalize()
-        if coord_error is not None and coord_error is not exc:
-            raise coord_error
+            unfinalize_graph(self._graph)
+        if coord_error is None or coord_error is exc:
+            return
+        if self._recovery.enabled and is_preemption(coord_error):
+            # TensorFlow's _RecoverableSession.close logs it: nothing to recover.
+            logger.error(
+                "An error occurred when attempting to close the session. This may "
+                "be due to a preemption in a connected worker or parameter "
+                "server. Error: %s",
+                coord_error,
+            )
+            return
+        raise coord_error
 
     async def _release_tf_session(self) -> BaseException | None:
         """Join the queue runners and close the TF session; return the coord's error."""
-        sess, runners = self._tf_sess, self._runners
-        if sess is not None and self._worker is not None and self._worker.stuck:
-            await self._interrupt_stuck_step(sess)
-        self._coord, self._tf_sess = None, None
-        error: BaseException | None = None
-        if runners is not None:
-            error = await runners.stop()
-        if sess is not None:
-            done, close_error = await self._bounded(sess.close)
-            if not done:
-                logger.warning(
-                    "Closing the TF session did not finish in %.0fs.", self._grace
-                )
-            elif close_error is not None:
-                logger.error(
-                    "An error occurred when attempting to close the session. This may "
-                    "be due to a preemption in a connected worker or parameter "
-                    "server. Error: %s",
-                    close_error,
-                )
+        stepper, worker = self._stepper, self._worker
+        sess = self._tf_sess
+        if sess is None or stepper is None or worker is None:
+            return None
+        if worker.stuck:
+            await stepper.interrupt_stuck_step(self._coord, self._grace)
+        self._coord = stepper.session = None
+        assert self._runners is not None
+        error = await self._runners.stop()
+        closed = await worker.call_within(self._grace, sess.close)
+        if not closed.done:
+            logger.warning(
+                "Closing the TF session did not finish in %.0fs.", self._grace
+            )
+        elif closed.error is not None:
+            logger.error(
+                "An error occurred when attempting to close the session. This may "
+                "be due to a preemption in a connected worker or parameter "
+                "server. Error: %s",
+                closed.error,
+            )
         return error
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         """Start ``fn(*args)`` as a background task; it must not raise."""
         if self._task_group is None:
-            raise RuntimeError("The session is not open.")
+            raise SessionStateError("The session is not open.")
         self._task_group.start_soon(fn, *args)
-
-    async def _wait_bounded(self, completion: Completion) -> None:
-        """Wait for a worker job for at most the grace period."""
-        assert self._bridge is not None
-        with anyio.move_on_after(self._grace):
-            await self._bridge.wait(completion)
 
     async def _close_task_group(self) -> None:
         stack, group = self._exit_stack, self._task_group
@@ -404,41 +462,22 @@ class MonitoredSession(StepPath, StepFnRunner):
         group.cancel_scope.cancel()
         await stack.aclose()
 
-    async def _bounded(self, fn: Any, *args: Any) -> tuple[bool, Any]:
-        """Run fn on the worker within the grace period: (finished, result)."""
-        worker, bridge = self._worker, self._bridge
-        assert worker is not None
-        assert bridge is not None
-        completion = worker.submit(fn, *args)
-        with anyio.move_on_after(self._grace):
-            await bridge.wait(completion)
-        if not completion.done:
-            worker.abandon(completion)
-            return False, None
-        return True, completion.value if completion.error is None else completion.error
+    # -- session creation (one attempt; `Recovery` retries) -------------------------
 
-    # -- session creation and recovery ---------------------------------------------
-
-    async def _create_session(self) -> None:
-        """Create a TF session (retrying preemptions), start runners, notify hooks."""
-        worker = self._worker
+    async def _create_tf_session(self) -> None:
+        """Create a TF session once, start its runners, notify the hooks."""
+        worker, stepper, runners = self._worker, self._stepper, self._runners
         assert worker is not None
-        while True:
-            try:
-                sess = await self._creator.create_session()
-                self._tf_sess = sess
-                self._coord = Coordinator(clean_stop_exception_types=[])
-                assert self._runners is not None
-                await self._runners.start(sess, self._coord)
-                await self._log_creation(sess)
-                await self._dispatch.call_in_order(
-                    "after_create_session", worker, sess, self._coord
-                )
-                return
-            except Exception as exc:
-                if not (self._should_recover and is_preemption(exc)):
-                    raise
-                await self._prepare_retry(exc, "creating the session")
+        assert stepper is not None
+        assert runners is not None
+        sess = await self._creator.create_session()
+        stepper.session = sess
+        self._coord = Coordinator(clean_stop_exception_types=[])
+        await runners.start(sess, self._coord)
+        await self._log_creation(sess)
+        await self._dispatch.call_in_order(
+            "after_create_session", worker, sess, self._coord
+        )
 
     async def _log_creation(self, sess: Any) -> None:
         restored = getattr(self._creator, "restored_checkpoint", None)
@@ -461,71 +500,36 @@ class MonitoredSession(StepPath, StepFnRunner):
         except errors.FailedPreconditionError:  # not initialized: nothing to report
             return None
 
-    async def _prepare_retry(self, exc: BaseException, during: str) -> None:
-        """Count a recovery, enforce the policy, back off and drop the old session."""
-        self._in_a_row += 1
-        policy = self.recovery
-        if not policy.allows(self._in_a_row):
-            logger.error(
-                "Giving up after %d recoveries in a row (limit %s) while %s: %s",
-                self._in_a_row - 1,
-                policy.max_recoveries,
-                during,
-                exc,
-            )
-            raise exc
-        # Counted once allowed: a refused recovery recreates nothing
-        # (tests/test_recovery.py::TestPolicy).
-        self._recoveries += 1
-        logger.warning(
-            "Recovering from %s while %s (recovery %d, %d in a row); a new session "
-            "will be created. This may be due to a preemption of a worker or "
-            "parameter server. Error: %s",
-            type(exc).__name__,
-            during,
-            self._recoveries,
-            self._in_a_row,
-            exc,
-        )
-        await self._release_tf_session()
-        delay = policy.delay(self._in_a_row)
-        if delay:
-            await anyio.sleep(delay)
-
-    async def _recover(self, exc: BaseException, during: str) -> None:
-        try:
-            await self._prepare_retry(exc, during)
-            await self._create_session()
-        except BaseException as error:
-            if error is exc:  # the policy refused another recovery
-                reason = f"gave up after {self._in_a_row - 1} recoveries in a row"
-            else:
-                reason = "could not be recreated after a preemption"
-            self._broken = (
-                f"The session {reason} ({type(error).__name__}: {error}); close it "
-                "and open a new one."
-            )
-            raise
-
     # -- stopping ------------------------------------------------------------------
 
     def should_stop(self) -> bool:
         """Whether the loop should stop: a stop was requested, or the session closed.
 
         A plain method. True once a hook, the step function or `request_stop` asked
-        to stop, the coordinator stopped, or the session is not open. An error a
-        queue runner reported to the coordinator is raised here with its own type.
+        to stop, the coordinator stopped, or the session is not open. As in
+        TensorFlow, a coordinator stopped with an error makes this True and the
+        error is raised by `close` (or ``async with`` exit); one stopped with a
+        preemption error makes this False and the next call recreates the TF
+        session. `SingularMonitoredSession` raises the coordinator's error here.
         """
         if self._state is not State.OPEN or self._stop is not None:
             return True
         coord = self._coord
-        if coord is None:
+        if coord is None or not coord.should_stop():
             return False
-        raise_coordinator_error(coord)
-        if coord.should_stop():
-            self._stop = StopReason("coordinator", "The coordinator was asked to stop.")
-            return True
-        return False
+        error = held_error(coord)
+        if error is not None and not self._recovery.enabled:
+            raise error  # TensorFlow's _CoordinatedSession._check_stop
+        if error is not None and is_preemption(error):
+            self._recovery.pending = error
+            return False
+        detail = "The coordinator was asked to stop"
+        self._stop = StopReason(
+            "coordinator",
+            f"{detail}." if error is None else f"{detail} by {error!r}.",
+            None if error is None else type(error).__name__,
+        )
+        return True
 
     def request_stop(self) -> None:
         """Stop the loop after the current step; any task or thread may call it."""
@@ -547,7 +551,7 @@ class MonitoredSession(StepPath, StepFnRunner):
                 "end_of_input", f"End of input ({type(exc).__name__}).", source
             )
 
-    def _note_hook_stop(self, run_context: Any) -> None:
+    def _note_hook_stop(self, run_context: RunContext) -> None:
         if self._stop is None:
             who = run_context.stopped_by
             name = who if isinstance(who, str) else hook_name(who)
@@ -556,10 +560,11 @@ class MonitoredSession(StepPath, StepFnRunner):
     # -- running -------------------------------------------------------------------
 
     def _check_can_run(self) -> None:
-        if self._broken is not None:
-            raise RuntimeError(self._broken)
+        broken = self._recovery.broken
+        if broken is not None:
+            raise SessionBrokenError(broken)
         if self._state is not State.OPEN:
-            raise RuntimeError(
+            raise SessionStateError(
                 f"run() called on a {self._state.name.lower()} session; open it with "
                 "'async with' or 'await sess.open()' first, and do not use it after "
                 "close."
@@ -568,17 +573,12 @@ class MonitoredSession(StepPath, StepFnRunner):
         self._bridge.check_current()
         stop = self._stop
         if stop is not None and stop.kind in ("hook", "user", "step_fn"):
-            raise RuntimeError(
-                "Run called even after should_stop requested. "
-                f"({stop.detail} Check sess.should_stop() before each run().)"
-            )
-        if self._coord is not None:
-            raise_coordinator_error(self._coord)
+            raise RunAfterStopError(stop.detail)
 
     async def run(
         self,
         fetches: Any,
-        feed_dict: Any = None,
+        feed_dict: FeedDict | None = None,
         options: Any = None,
         run_metadata: Any = None,
     ) -> Any:
@@ -591,7 +591,9 @@ class MonitoredSession(StepPath, StepFnRunner):
         TF session and retry.
 
         Raises:
-          RuntimeError: the session is not open, or a stop was requested.
+          SessionStateError: the session is not open (`RunAfterStopError`: a stop
+            was requested; `SessionBrokenError`: recovery failed), or is used
+            from another thread or event loop (`WrongEventLoopError`).
 
         Cancellation: always yields, and the session stays usable. Cancelled
         during ``before_run``: no step runs. Cancelled during the device step: the
@@ -602,8 +604,9 @@ class MonitoredSession(StepPath, StepFnRunner):
         the step ran.
         """
         self._check_can_run()
-        lock = self._lock
+        lock, stepper = self._lock, self._stepper
         assert lock is not None
+        assert stepper is not None
         # Only a caller that has to wait can see the state change meanwhile.
         waits = lock.locked()
         # Hooks' run_in_session_thread() finds this session's worker through it.
@@ -612,8 +615,8 @@ class MonitoredSession(StepPath, StepFnRunner):
             async with lock:
                 if waits:
                     self._check_can_run()
-                return await self._run_recovering(
-                    self._hooked_run, fetches, feed_dict, options, run_metadata
+                return await self._recovery.call(
+                    _STEP, stepper.run, fetches, feed_dict, options, run_metadata
                 )
         finally:
             current_worker.reset(token)
@@ -621,7 +624,7 @@ class MonitoredSession(StepPath, StepFnRunner):
     async def run_without_hooks(
         self,
         fetches: Any,
-        feed_dict: Any = None,
+        feed_dict: FeedDict | None = None,
         options: Any = None,
         run_metadata: Any = None,
     ) -> Any:
@@ -634,42 +637,35 @@ class MonitoredSession(StepPath, StepFnRunner):
 
         Cancellation: as `run`.
         """
-        if self._state is not State.OPEN or self._broken is not None:
+        if self._state is not State.OPEN or self._recovery.broken is not None:
             self._check_can_run()
-        assert self._lock is not None
+        lock, stepper = self._lock, self._stepper
+        assert lock is not None
+        assert stepper is not None
         assert self._bridge is not None
         self._bridge.check_current()
-        async with self._lock:
-            return await self._run_recovering(
-                self._plain_run, fetches, feed_dict, options, run_metadata
+        async with lock:
+            return await self._recovery.call(
+                _STEP,
+                stepper.run_without_hooks,
+                fetches,
+                feed_dict,
+                options,
+                run_metadata,
             )
-
-    async def _run_recovering(self, run: Any, *args: Any) -> Any:
-        while True:
-            try:
-                result = await run(*args)
-            except Exception as exc:
-                error = coordinator_root_cause(self._coord, exc)
-                if not (self._should_recover and is_preemption(error)):
-                    if error is exc:
-                        raise
-                    raise error from None
-                await self._recover(error, "running a step")
-                continue
-            self._in_a_row = 0
-            return result
 
     # -- step functions -----------------------------------------------------------
 
-    async def run_step_fn(self, step_fn: Any) -> Any:
+    async def run_step_fn(self, step_fn: Callable[[StepContext], Any]) -> Any:
         """Run ``step_fn(step_context)``, a plain or an async function, with recovery.
 
         ``step_context.session`` is the raw `tf.compat.v1.Session`;
         ``step_context.run_with_hooks(...)`` is `run`; ``step_context.request_stop()``
         ends the step function, makes this return None and `should_stop` True. A
         plain ``step_fn`` runs on a worker thread (it may block); an async one runs
-        in this task. After a preemption the step function is called again with
-        the new session (TensorFlow hands it the closed one).
+        in this task. After a preemption (in the step function or in a
+        ``run_with_hooks`` it made) the step function is called again with the
+        new session, as TensorFlow does (TensorFlow hands it the closed one).
 
         Returns:
           What ``step_fn`` returned, or None if it requested a stop.
@@ -678,12 +674,57 @@ class MonitoredSession(StepPath, StepFnRunner):
         is given ``step_cancel_grace`` seconds to finish on its thread, then left
         to finish on its own while the cancellation propagates.
         """
-        check_step_fn(step_fn)
+        is_async = check_step_fn(step_fn)
         if self._state is not State.OPEN:
             self._check_can_run()
         token = current_worker.set(self._worker)
         try:
-            return await self._run_step_fn(step_fn)
+            return await self._recovery.call(
+                _STEP_FN, self._step_fn_once, step_fn, is_async
+            )
+        finally:
+            current_worker.reset(token)
+
+    async def _step_fn_once(self, step_fn: Any, is_async: bool) -> Any:
+        assert self._worker is not None
+        try:
+            return await call_step_fn(
+                step_fn,
+                is_async,
+                self._tf_sess,
+                self._run_in_step_fn,
+                self._worker,
+                self._step_cancel_grace,
+            )
+        except Exception as exc:
+            if stop_requested_by(exc):
+                if self._stop is None:
+                    self._stop = StopReason(
+                        "step_fn", "step_context.request_stop() was called.", "step_fn"
+                    )
+                return None
+            better = explain_finalized(exc, "The step_fn")
+            if better is not exc:
+                raise better from exc
+            raise
+
+    async def _run_in_step_fn(
+        self,
+        fetches: Any,
+        feed_dict: FeedDict | None = None,
+        options: Any = None,
+        run_metadata: Any = None,
+    ) -> Any:
+        """`run` without its own recovery: `run_step_fn` retries the whole step_fn."""
+        self._check_can_run()
+        assert self._lock is not None
+        assert self._stepper is not None
+        token = current_worker.set(self._worker)
+        try:
+            async with self._lock:
+                return await self._stepper.run(
+                    fetches, feed_dict, options, run_metadata
+                )
         finally:
             current_worker.reset(token)
 
@@ -710,13 +751,16 @@ class SingularMonitoredSession(MonitoredSession):
 
     def __init__(
         self,
-        hooks: Any = None,
+        hooks: Iterable[AnyHook] | None = None,
         scaffold: Any = None,
         master: str = "",
         config: Any = None,
         checkpoint_dir: str | None = None,
         stop_grace_period_secs: float = 120,
         checkpoint_filename_with_path: str | None = None,
+        *,
+        step_cancel_grace: float = 0.25,
+        caller_thread_below: float = 1e-3,
     ) -> None:
         creator = ChiefSessionCreator(
             scaffold=scaffold,
@@ -725,11 +769,26 @@ class SingularMonitoredSession(MonitoredSession):
             checkpoint_dir=checkpoint_dir,
             checkpoint_filename_with_path=checkpoint_filename_with_path,
         )
-        super().__init__(creator, hooks, stop_grace_period_secs=stop_grace_period_secs)
+        super().__init__(
+            creator,
+            hooks,
+            stop_grace_period_secs=stop_grace_period_secs,
+            step_cancel_grace=step_cancel_grace,
+            caller_thread_below=caller_thread_below,
+        )
 
     def raw_session(self) -> Any:
         """The underlying `tf.compat.v1.Session`, or None when not open."""
         return self._tf_sess
+
+
+def _seconds(name: str, value: object) -> float:
+    """*value* as float seconds; a ValueError naming *name* unless a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(
+            f"{name} must be a number of seconds >= 0; Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 def _hook_list(hooks: Any) -> list[Any]:

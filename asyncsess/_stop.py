@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import contextvars
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,14 @@ class StopReason:
         return self.detail
 
 
+#: The hook whose method is running in this task or thread (set by the
+#: dispatcher around each hook call), so a stop request names its hook even when
+#: it comes from a helper function or a listener the hook calls.
+current_hook: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "asyncsess_current_hook", default=None
+)
+
+
 class RunContext(SessionRunContext):  # type: ignore[misc]
     """TensorFlow's SessionRunContext, remembering which hook asked to stop."""
 
@@ -36,6 +44,6 @@ class RunContext(SessionRunContext):  # type: ignore[misc]
 
     def request_stop(self) -> None:
         if self.stopped_by is None:
-            caller = sys._getframe(1).f_locals.get("self")
-            self.stopped_by = caller if caller is not None else "a hook"
+            hook = current_hook.get()
+            self.stopped_by = hook if hook is not None else "a hook"
         super().request_stop()

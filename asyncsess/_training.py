@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._creators import ChiefSessionCreator, WorkerSessionCreator
 from ._session import MonitoredSession
 from ._tf import Scaffold
 from .hooks import CheckpointSaverHook, StepCounterHook, SummarySaverHook
+
+if TYPE_CHECKING:
+    from ._recovery import RecoveryPolicy
 
 
 class _UseDefault:
@@ -62,6 +65,10 @@ def MonitoredTrainingSession(  # TensorFlow's (function) name
     save_checkpoint_steps: Any = USE_DEFAULT,
     summary_dir: str | None = None,
     save_graph_def: bool = True,
+    *,
+    recovery: RecoveryPolicy | None = None,
+    step_cancel_grace: float = 0.25,
+    caller_thread_below: float = 1e-3,
 ) -> MonitoredSession:
     """An unopened `MonitoredSession` set up for training, like TensorFlow's.
 
@@ -75,6 +82,9 @@ def MonitoredTrainingSession(  # TensorFlow's (function) name
     ``checkpoint_dir``. Elsewhere: a `WorkerSessionCreator` waiting up to
     ``max_wait_secs`` and only ``hooks``. Use it as ``async with
     asyncsess.MonitoredTrainingSession(...) as sess:``.
+
+    ``recovery``, ``step_cancel_grace`` and ``caller_thread_below`` (keywords
+    only) are the returned session's options of the same names.
 
     Raises:
       ValueError: both ``save_checkpoint_secs`` and ``save_checkpoint_steps``,
@@ -96,14 +106,18 @@ def MonitoredTrainingSession(  # TensorFlow's (function) name
         None,
         100,
     )
+    options: dict[str, Any] = {
+        "stop_grace_period_secs": stop_grace_period_secs,
+        "recovery": recovery,
+        "step_cancel_grace": step_cancel_grace,
+        "caller_thread_below": caller_thread_below,
+    }
     scaffold = scaffold or Scaffold()
     if not is_chief:
         worker = WorkerSessionCreator(
             scaffold=scaffold, master=master, config=config, max_wait_secs=max_wait_secs
         )
-        return MonitoredSession(
-            worker, list(hooks or []), stop_grace_period_secs=stop_grace_period_secs
-        )
+        return MonitoredSession(worker, list(hooks or []), **options)
     all_hooks: list[Any] = list(chief_only_hooks or [])
     all_hooks += _summary_hooks(
         summary_dir or checkpoint_dir,
@@ -125,9 +139,7 @@ def MonitoredTrainingSession(  # TensorFlow's (function) name
     creator = ChiefSessionCreator(
         scaffold=scaffold, checkpoint_dir=checkpoint_dir, master=master, config=config
     )
-    return MonitoredSession(
-        creator, all_hooks, stop_grace_period_secs=stop_grace_period_secs
-    )
+    return MonitoredSession(creator, all_hooks, **options)
 
 
 def _enabled(secs: Any, steps: Any) -> bool:

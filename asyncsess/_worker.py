@@ -2,7 +2,10 @@
 
 One long-lived thread per session, with the session's graph as its default graph
 for its whole life, so TF code on it always sees the right graph (TF's default
-graph is thread-local). Jobs run one at a time in submission order.
+graph is thread-local). Jobs run one at a time in submission order. Every thread
+asyncsess starts (queue runners, background checkpoint writes, plain step
+functions) is one of these, so they all hand results back the same way and are
+waited for, bounded or abandoned through the same few calls.
 """
 
 from __future__ import annotations
@@ -27,11 +30,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asyncsess")
 
 _ids = itertools.count(1)
-_STOP = object()
 
 
 class WorkerThread:
-    """A daemon thread running submitted callables inside *graph*."""
+    """A daemon thread running submitted callables inside *graph*, in order.
+
+    `submit` queues a job and returns its `Completion`; `call` awaits one;
+    `call_within` and `settle` wait a bounded time and abandon what is still
+    running; `stop` ends the thread after the jobs already queued and `aclose`
+    waits for that, bounded.
+
+    Cancellation: a job cannot be interrupted (TensorFlow calls do not return
+    early). Every awaiting method returns when cancelled; the job goes on and
+    whatever TF session it returns is closed (`abandon`).
+    """
 
     def __init__(self, graph: Any, bridge: LoopBridge, name: str = "") -> None:
         self._graph = graph
@@ -39,6 +51,10 @@ class WorkerThread:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         #: Abandoned jobs still running (a cancelled step blocked inside TF).
         self._stuck: set[Completion] = set()
+        #: Runs jobs while this thread is stuck, and plain step functions.
+        self._spare: WorkerThread | None = None
+        #: Done once the thread has left its loop (set by `stop`).
+        self._exited: Completion | None = None
         self.name = name or f"asyncsess-worker-{next(_ids)}"
         self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self._thread.start()
@@ -48,10 +64,10 @@ class WorkerThread:
         deliver = self._deliver
         with self._graph.as_default():
             while True:
-                job = jobs.get()
-                if job is _STOP:
+                completion, fn, args = jobs.get()
+                if fn is None:  # stop(): the last job
+                    post(deliver, completion)
                     return
-                completion, fn, args = job
                 try:
                     completion.value = fn(*args)
                 except BaseException as exc:
@@ -72,6 +88,16 @@ class WorkerThread:
         else:
             self._bridge.deliver(completion)
 
+    @property
+    def graph(self) -> Any:
+        """The graph every job runs in."""
+        return self._graph
+
+    @property
+    def bridge(self) -> LoopBridge:
+        """The event loop this thread hands its results to."""
+        return self._bridge
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Completion:
         """Queue ``fn(*args)`` on the thread; its outcome arrives in the Completion."""
         completion = Completion()
@@ -81,17 +107,14 @@ class WorkerThread:
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the thread and return its result.
 
-        Cancellation: waits for the job (it cannot be interrupted) only if the
-        caller is not cancelled; a cancelled caller returns at once while the job
-        finishes on the thread. Use `WorkerThread.submit` and `wait` to decide.
+        While an abandoned job holds the thread (a cancelled step blocked in
+        TF), the job runs on a spare thread beside it instead: TF sessions are
+        thread-safe, so a hook can still save or flush (tests/test_worker.py).
+
+        Cancellation: returns at once; the job finishes on the thread.
         """
         if self._stuck:
-            # The thread is held by an abandoned job (a cancelled step blocked in
-            # TF): run this one beside it. TF sessions are thread-safe, so a hook
-            # can still save or flush (tests/test_cancellation.py).
-            return await anyio.to_thread.run_sync(
-                self._in_graph, fn, args, abandon_on_cancel=True
-            )
+            return await self.free().call(fn, *args)
         completion = self.submit(fn, *args)
         try:
             await self._bridge.wait(completion)
@@ -100,14 +123,56 @@ class WorkerThread:
             raise
         return completion.result()
 
-    def _in_graph(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        with self._graph.as_default():
-            return fn(*args)
+    async def call_within(
+        self, grace: float, fn: Callable[..., Any], *args: Any
+    ) -> Completion:
+        """Run ``fn(*args)``, waiting at most *grace* seconds; abandon it after.
+
+        Returns the job's `Completion`: ``done`` says whether it finished in
+        time; then ``value``/``error`` hold its outcome, not raised.
+
+        Cancellation: as `settle`.
+        """
+        completion = self.submit(fn, *args)
+        await self.settle(completion, grace)
+        return completion
+
+    async def settle(self, completion: Completion, grace: float) -> bool:
+        """Wait at most *grace* seconds for a submitted job; abandon it after.
+
+        Returns whether it finished. An abandoned job keeps the thread until it
+        returns; what it produces is dropped (a TF session it returns is closed).
+
+        Cancellation: a cancelled caller abandons the job and re-raises.
+        """
+        try:
+            with anyio.move_on_after(grace):
+                await self._bridge.wait(completion)
+        finally:
+            if not completion.done:
+                self.abandon(completion)
+        return completion.done
+
+    async def barrier(self, grace: float) -> bool:
+        """Wait at most *grace* seconds for the jobs queued so far to return."""
+        return (await self.call_within(grace, _nothing)).done
 
     @property
     def stuck(self) -> bool:
         """Whether an abandoned job still holds the thread."""
         return bool(self._stuck)
+
+    def spare(self) -> WorkerThread:
+        """A second thread of the same graph (created once, closed with this one)."""
+        if self._spare is None:
+            self._spare = WorkerThread(
+                self._graph, self._bridge, name=f"{self.name}-spare"
+            )
+        return self._spare
+
+    def free(self) -> WorkerThread:
+        """This thread, or while an abandoned job holds it, the first free spare."""
+        return self if not self._stuck else self.spare().free()
 
     def abandon(self, completion: Completion) -> None:
         """Nobody will read *completion*: close a TF session it produces."""
@@ -117,9 +182,39 @@ class WorkerThread:
         if completion.done and isinstance(completion.value, Session):
             self.submit(_close_quietly, completion.value)
 
-    def stop(self) -> None:
-        """Ask the thread to exit once the jobs already queued are done."""
-        self._jobs.put(_STOP)
+    def stop(self) -> Completion:
+        """End the thread once the jobs already queued are done.
+
+        Returns a `Completion` that is done when the thread has left its loop.
+        Stopping again returns the same one.
+        """
+        if self._exited is None:
+            self._exited = Completion()
+            self._jobs.put((self._exited, None, ()))
+        if self._spare is not None:
+            self._spare.stop()
+        return self._exited
+
+    async def aclose(self, grace: float) -> bool:
+        """Stop the thread (and its spare) and wait at most *grace* seconds.
+
+        Returns whether the threads exited. One still busy inside TensorFlow is a
+        daemon thread: it exits when that call returns; nothing blocks the loop.
+
+        Cancellation: returns at once; the threads still stop after their jobs.
+        """
+        exited = self.stop()
+        spare = self._spare
+        with anyio.move_on_after(grace):
+            await self._bridge.wait(exited)
+            if spare is not None:
+                await spare.aclose(grace)
+        # Past its last job the thread only has to return: a short join.
+        return (
+            exited.done
+            and self.join(timeout=0.5)
+            and (spare is None or not spare.is_alive())
+        )
 
     def is_alive(self) -> bool:
         """Whether the thread is still running."""
@@ -129,6 +224,10 @@ class WorkerThread:
         """Wait (blocking) for the thread to exit; True if it did."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+def _nothing() -> None:
+    """A no-op job: its completion marks that earlier jobs have returned."""
 
 
 def _close_quietly(sess: Any) -> None:
