@@ -153,7 +153,9 @@ class TestHookRequests:
                 return SessionRunArgs(None, feed_dict={model.x: 2.0})
 
         sess = asyncsess.MonitoredSession(hooks=[ByName(), ByTensor()])
-        with pytest.raises(RuntimeError, match="Same tensor is fed by two hooks"):
+        with pytest.raises(
+            asyncsess.FeedConflictError, match="Same tensor is fed by two hooks"
+        ):
             async with sess:
                 await sess.run(model.y)
 
@@ -168,7 +170,8 @@ class TestHookRequests:
 
         async with asyncsess.MonitoredSession(hooks=[Feed()]) as sess:
             with pytest.raises(
-                RuntimeError, match="Same tensor is fed by a SessionRunHook and user"
+                asyncsess.FeedConflictError,
+                match="Same tensor is fed by a SessionRunHook and user",
             ):
                 await sess.run(model.y, feed_dict={model.x: 2.0})
             await assert_usable(sess, model)
@@ -190,18 +193,19 @@ class TestLifecycleMisuse:
         sess = asyncsess.MonitoredSession()
         async with sess:
             pass
-        with pytest.raises(RuntimeError, match=r"run\(\) called on a closed session"):
+        misuse = asyncsess.SessionStateError
+        with pytest.raises(misuse, match=r"run\(\) called on a closed session"):
             await sess.run(model.inc)
-        with pytest.raises(RuntimeError, match="closed session"):
+        with pytest.raises(misuse, match="closed session"):
             await sess.run_without_hooks(model.inc)
-        with pytest.raises(RuntimeError, match="closed session"):
+        with pytest.raises(misuse, match="closed session"):
             await sess.run_step_fn(lambda step_context: None)
 
     async def test_run_after_a_stop(self, model: Model) -> None:
         async with asyncsess.MonitoredSession() as sess:
             sess.request_stop()
             with pytest.raises(
-                RuntimeError,
+                asyncsess.RunAfterStopError,
                 match=r"Run called even after should_stop requested\. \(request_stop",
             ):
                 await sess.run(model.inc)
@@ -210,7 +214,9 @@ class TestLifecycleMisuse:
 
     async def test_open_twice(self, model: Model) -> None:
         async with asyncsess.MonitoredSession() as sess:
-            with pytest.raises(RuntimeError, match=r"open.*a session opens once"):
+            with pytest.raises(
+                asyncsess.SessionStateError, match=r"open.*a session opens once"
+            ):
                 await sess.open()
             await assert_usable(sess, model)
 
@@ -218,13 +224,15 @@ class TestLifecycleMisuse:
         sess = asyncsess.MonitoredSession()
         async with sess:
             pass
-        with pytest.raises(RuntimeError, match="closed; a session opens once"):
+        with pytest.raises(
+            asyncsess.SessionStateError, match="closed; a session opens once"
+        ):
             await sess.open()
 
     async def test_reentering_async_with(self, model: Model) -> None:
         sess = asyncsess.MonitoredSession()
         async with sess:
-            with pytest.raises(RuntimeError, match="a session opens once"):
+            with pytest.raises(asyncsess.SessionStateError, match="opens once"):
                 async with sess:
                     pass  # pragma: no cover
             await assert_usable(sess, model)
@@ -237,7 +245,9 @@ class TestLifecycleMisuse:
             def misuse() -> None:
                 anyio.run(sess.run, model.inc, backend=anyio_backend)
 
-            with pytest.raises(RuntimeError, match="opened in another thread"):
+            with pytest.raises(
+                asyncsess.WrongEventLoopError, match="opened in another thread"
+            ):
                 await anyio.to_thread.run_sync(misuse)
             await assert_usable(sess, model)
 
@@ -249,7 +259,9 @@ class TestLifecycleMisuse:
             def misuse() -> None:
                 anyio.run(sess.close, backend=anyio_backend)
 
-            with pytest.raises(RuntimeError, match="opened in another thread"):
+            with pytest.raises(
+                asyncsess.WrongEventLoopError, match="opened in another thread"
+            ):
                 await anyio.to_thread.run_sync(misuse)
             await assert_usable(sess, model)
 
@@ -277,9 +289,13 @@ class TestOtherEventLoop:
         sess = asyncsess.MonitoredSession()
         anyio.run(sess.open, backend="asyncio")
         try:
-            with pytest.raises(RuntimeError, match=r"another event loop"):
+            with pytest.raises(
+                asyncsess.WrongEventLoopError, match=r"another event loop"
+            ):
                 anyio.run(sess.run, model.inc, backend=second)
-            with pytest.raises(RuntimeError, match=r"another event loop"):
+            with pytest.raises(
+                asyncsess.WrongEventLoopError, match=r"another event loop"
+            ):
                 anyio.run(sess.close, backend=second)
         finally:
             # The loop that opened it is gone: release what is left by hand.
@@ -346,3 +362,29 @@ async def test_bad_input_leaves_nothing_open(
         await assert_usable(sess, model)
     assert tf_sessions.open_sessions() == []
     assert threading.active_count() >= 1
+
+
+class TestErrorTypes:
+    """Misuse errors are RuntimeErrors (as TensorFlow raises), typed by cause."""
+
+    def test_hierarchy(self) -> None:
+        for error in (
+            asyncsess.RunAfterStopError,
+            asyncsess.SessionBrokenError,
+            asyncsess.WrongEventLoopError,
+        ):
+            assert issubclass(error, asyncsess.SessionStateError)
+        assert issubclass(asyncsess.SessionStateError, RuntimeError)
+        assert issubclass(asyncsess.FeedConflictError, RuntimeError)
+        assert not issubclass(asyncsess.FeedConflictError, asyncsess.SessionStateError)
+
+    async def test_tensorflow_runtime_errors_are_not_misuse(self, model: Model) -> None:
+        class AddsOps(asyncsess.SessionRunHook):
+            async def before_run(self, run_context: Any) -> Any:
+                return SessionRunArgs(tf.constant(2.0))
+
+        sess = asyncsess.MonitoredSession(hooks=[AddsOps()])
+        with pytest.raises(RuntimeError, match="Graph is finalized") as info:
+            async with sess:
+                await sess.run(model.inc)
+        assert not isinstance(info.value, asyncsess.SessionStateError)

@@ -526,6 +526,58 @@ class TestValidation:
             asyncsess.MonitoredSession(stop_grace_period_secs=-1)
 
 
+class TestOptionsAsKeywords:
+    """API.md "Session options as keywords": same as setting the attributes."""
+
+    @pytest.mark.parametrize(
+        "make",
+        [
+            asyncsess.MonitoredSession,
+            asyncsess.SingularMonitoredSession,
+            asyncsess.MonitoredTrainingSession,
+        ],
+    )
+    async def test_keywords_equal_attributes(self, model: Model, make: Any) -> None:
+        options: dict[str, Any] = {"step_cancel_grace": 0.5, "caller_thread_below": 0}
+        policy = asyncsess.RecoveryPolicy(max_recoveries=3)
+        if make is not asyncsess.SingularMonitoredSession:
+            options["recovery"] = policy
+        sess = make(**options)
+        assert sess.step_cancel_grace == 0.5
+        assert sess.caller_thread_below == 0
+        if "recovery" in options:
+            assert sess.recovery is policy
+        async with sess:
+            assert sess._run_cache is not None
+            assert sess._run_cache.probe_below == 0
+            await sess.run(model.inc)
+            sess.caller_thread_below = 2e-3  # attributes stay live once open
+            assert sess._run_cache.probe_below == 2e-3
+
+    def test_singular_does_not_recover(self, model: Model) -> None:
+        with pytest.raises(TypeError, match="recovery"):
+            asyncsess.SingularMonitoredSession(  # type: ignore[call-arg]
+                recovery=asyncsess.RecoveryPolicy()
+            )
+
+    @pytest.mark.parametrize(
+        ("name", "value", "error", "match"),
+        [
+            ("step_cancel_grace", -1, ValueError, "Received: step_cancel_grace=-1"),
+            ("caller_thread_below", "1ms", ValueError, "caller_thread_below='1ms'"),
+            ("recovery", 16, TypeError, "Received: recovery=16"),
+        ],
+    )
+    def test_bad_values_name_the_culprit(
+        self, model: Model, name: str, value: Any, error: type, match: str
+    ) -> None:
+        with pytest.raises(error, match=match):
+            asyncsess.MonitoredSession(**{name: value})
+        sess = asyncsess.MonitoredSession()
+        with pytest.raises(error, match=match):
+            setattr(sess, name, value)
+
+
 class TestRunInSessionThread:
     async def test_hooks_reach_the_session_worker_and_graph(self) -> None:
         # Two graphs: the hook must run its TF call in its own session's graph,
