@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._exceptions import explain_finalized, tag_source
+from ._exceptions import end_of_input, explain_finalized, tag_source
 from ._graph import _drive, graph_context, in_graph
 from ._hook import SessionRunHook, describe, hook_name
 from ._stop import current_hook
-from ._tf import OutOfRangeError, TFSessionRunHook
+from ._tf import TFSessionRunHook
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -83,8 +83,11 @@ async def call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> An
     """Call an async hook's method inside the graph, tagging what it raises."""
     token = current_hook.set(entry.hook)
     try:
-        result = getattr(entry.hook, phase)(*args)
-        if inspect.isawaitable(result):
+        with graph_context(graph):  # a plain method's whole body, a coroutine's start
+            result = getattr(entry.hook, phase)(*args)
+        if type(result) is not types.CoroutineType and inspect.isawaitable(result):
+            result = _await(result)  # so that it, too, runs inside the graph
+        if type(result) is types.CoroutineType:
             result = await in_graph(result, graph)
         return result
     except BaseException as exc:
@@ -126,7 +129,9 @@ async def call_phase(
     on most steps) cost no task. The first hook that suspends is driven on by
     this task inside its scope, and the hooks not started yet run beside it as
     tasks of the session. Errors keep their type; when one hook fails the others
-    are cancelled. Pinned by tests/test_session.py::TestRun and ::TestExit.
+    are cancelled, except a hook that had not suspended in its last calls (it runs
+    without a cancel scope of its own, to cost nothing): that one is waited for.
+    Pinned by tests/test_session.py::TestRun and ::TestExit, tests/test_dispatch.py.
     """
     results: list[Any] = [None] * len(entries)
     token = current_hook.set(None)
@@ -180,7 +185,10 @@ def _first_steps(
             results[index] = result  # a plain method's value, or the coroutine's
         except BaseException as exc:
             scope.__exit__(type(exc), exc, exc.__traceback__)
-            raise _tagged_or_same(exc, entry, phase) from exc.__cause__
+            better = _tagged(exc, entry, phase)
+            if better is exc:
+                raise
+            raise better from exc
         if quiet < _QUIET:
             scope.__exit__(None, None, None)
             entry.quiet[phase] = quiet + 1
@@ -203,13 +211,6 @@ class _NoScope:
 _NO_SCOPE: Any = _NoScope()
 #: Calls in a row without suspending before a hook is probed without a scope.
 _QUIET = 3
-
-
-def _tagged_or_same(exc: BaseException, entry: HookEntry, phase: str) -> BaseException:
-    better = _tagged(exc, entry, phase)
-    if better is not exc:
-        better.__cause__ = exc
-    return better
 
 
 async def _await(awaitable: Any) -> Any:
@@ -266,7 +267,10 @@ async def _finish_beside(
             # True when the exception is this scope's own cancellation (a sibling
             # failed): then the sibling's error is raised below.
             if not scope.__exit__(type(exc), exc, exc.__traceback__):
-                raise _tagged_or_same(exc, entries[index], phase) from exc.__cause__
+                better = _tagged(exc, entries[index], phase)
+                if better is exc:
+                    raise
+                raise better from exc
         else:
             scope.__exit__(None, None, None)
         await siblings.done.wait()
@@ -289,7 +293,7 @@ def _tagged(exc: BaseException, entry: HookEntry, phase: str) -> BaseException:
     if better is not exc:
         better.__cause__ = exc
         return better
-    if isinstance(exc, (OutOfRangeError, StopIteration)):
+    if end_of_input(exc):
         tag_source(exc, f"{entry.name}.{phase}()")
     return exc
 

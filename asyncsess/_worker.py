@@ -267,9 +267,17 @@ async def run_in_session_thread(fn: Callable[..., Any], *args: Any) -> Any:
     if worker is not None:
         return await worker.call(fn, *args)
     graph = default_graph()
+    abandoned = False
 
     def in_graph() -> Any:
         with graph.as_default():
-            return fn(*args)
+            value = fn(*args)
+        if abandoned and isinstance(value, Session):
+            _close_quietly(value)
+        return value
 
-    return await anyio.to_thread.run_sync(in_graph)
+    try:
+        return await anyio.to_thread.run_sync(in_graph, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        abandoned = True
+        raise
