@@ -91,10 +91,7 @@ async def call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> An
             result = await in_graph(result, graph)
         return result
     except BaseException as exc:
-        better = _tagged(exc, entry, phase)
-        if better is exc:
-            raise
-        raise better from exc
+        raise _tagged(exc, entry, phase)  # noqa: B904 (exc, or caused by it)
     finally:
         current_hook.reset(token)
 
@@ -185,10 +182,7 @@ def _first_steps(
             results[index] = result  # a plain method's value, or the coroutine's
         except BaseException as exc:
             scope.__exit__(type(exc), exc, exc.__traceback__)
-            better = _tagged(exc, entry, phase)
-            if better is exc:
-                raise
-            raise better from exc
+            raise _tagged(exc, entry, phase)  # noqa: B904 (exc, or caused by it)
         if quiet < _QUIET:
             scope.__exit__(None, None, None)
             entry.quiet[phase] = quiet + 1
@@ -267,10 +261,7 @@ async def _finish_beside(
             # True when the exception is this scope's own cancellation (a sibling
             # failed): then the sibling's error is raised below.
             if not scope.__exit__(type(exc), exc, exc.__traceback__):
-                better = _tagged(exc, entries[index], phase)
-                if better is exc:
-                    raise
-                raise better from exc
+                raise _tagged(exc, entries[index], phase)  # noqa: B904 (exc, or caused by it)
         else:
             scope.__exit__(None, None, None)
         await siblings.done.wait()
@@ -289,6 +280,11 @@ def _is_cancelled(exc: BaseException) -> bool:
 
 
 def _tagged(exc: BaseException, entry: HookEntry, phase: str) -> BaseException:
+    """What to raise for *exc* from a hook: *exc*, or a clearer error caused by it.
+
+    Raised with a bare ``raise _tagged(...)``: a clearer error already has *exc* as
+    its cause, and *exc* itself keeps its own.
+    """
     better = explain_finalized(exc, f"Hook {entry.name} in {phase}()")
     if better is not exc:
         better.__cause__ = exc
@@ -304,10 +300,7 @@ def call_sync(entry: HookEntry, phase: str, *args: Any) -> Any:
     try:
         return getattr(entry.hook, phase)(*args)
     except BaseException as exc:
-        better = _tagged(exc, entry, phase)
-        if better is exc:
-            raise
-        raise better from exc
+        raise _tagged(exc, entry, phase)  # noqa: B904 (exc, or caused by it)
     finally:
         current_hook.reset(token)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -120,44 +120,37 @@ def coordinator_root_cause(coord: Any, exc: BaseException) -> BaseException:
     return exc
 
 
+@dataclass(slots=True)
 class Recovery:
     """The retry loop of one session, and its counters.
 
     Args:
-      create: Creates the TF session once (init/restore, queue runners, hooks'
-        after_create_session).
-      release: Stops the queue runners and closes the TF session.
+      create_session: Creates the TF session once (init/restore, queue runners,
+        hooks' after_create_session).
+      release_session: Stops the queue runners and closes the TF session.
       coordinator: Returns the current TF session's coordinator, or None.
       enabled: False for `SingularMonitoredSession`: errors propagate.
     """
 
-    def __init__(
-        self,
-        create: Callable[[], Awaitable[None]],
-        release: Callable[[], Awaitable[object]],
-        coordinator: Callable[[], Any],
-        *,
-        enabled: bool,
-    ) -> None:
-        self._create = create
-        self._release = release
-        self._coordinator = coordinator
-        self.enabled = enabled
-        #: How preemption errors are retried (replaceable at any time).
-        self.policy = RecoveryPolicy()
-        #: TF sessions recreated after a preemption, in all.
-        self.count = 0
-        #: Recoveries since the last call that succeeded.
-        self.in_a_row = 0
-        #: Why the session cannot be used any more (recovery failed), or None.
-        self.broken: str | None = None
-        #: A preemption the coordinator held when `should_stop` looked: the next
-        #: call recreates the TF session first, as TensorFlow's ``_check_stop``.
-        self.pending: BaseException | None = None
+    create_session: Callable[[], Awaitable[None]]
+    release_session: Callable[[], Awaitable[object]]
+    coordinator: Callable[[], Any]
+    enabled: bool = field(kw_only=True)
+    #: How preemption errors are retried (replaceable at any time).
+    policy: RecoveryPolicy = field(default_factory=lambda: RecoveryPolicy())
+    #: TF sessions recreated after a preemption, in all.
+    count: int = 0
+    #: Recoveries since the last call that succeeded.
+    in_a_row: int = 0
+    #: Why the session cannot be used any more (recovery failed), or None.
+    broken: str | None = None
+    #: A preemption the coordinator held when `should_stop` looked: the next
+    #: call recreates the TF session first, as TensorFlow's ``_check_stop``.
+    pending: BaseException | None = None
 
     async def create(self) -> None:
         """Create the TF session, retrying preemptions under the policy."""
-        await self._loop(False, "creating the session", self._create)
+        await self._loop(False, "creating the session", self.create_session)
 
     async def call(
         self, during: str, attempt: Callable[..., Awaitable[T]], *args: Any
@@ -185,7 +178,7 @@ class Recovery:
             try:
                 result = await attempt(*args)
             except Exception as exc:
-                error = coordinator_root_cause(self._coordinator(), exc)
+                error = coordinator_root_cause(self.coordinator(), exc)
                 if not (self.enabled and is_preemption(error)):
                     if error is exc:
                         raise
@@ -240,7 +233,7 @@ class Recovery:
             self.in_a_row,
             exc,
         )
-        await self._release()
+        await self.release_session()
         delay = policy.delay(self.in_a_row)
         if delay:
             await anyio.sleep(delay)

@@ -162,35 +162,38 @@ class Stepper:
             args = (run_context, requests, fetches, feed_dict, options, run_metadata)
             job = self._worker.submit(self._step_on_worker, self.session, *args)
         else:  # 2. Merge here; the worker runs nothing but the device step.
-            merged = merge(
-                fetches, feed_dict, options, run_metadata, dispatch.requester_hooks,
-                requests,
-            )  # fmt: skip
+            merged = self._merge(requests, fetches, feed_dict, options, run_metadata)
             job = self._worker.submit(self._device_step, self.session, merged)
         step: StepOutcome = await self._finish(job)
         return step
 
     def _step_on_worker(
+        self, sess: Any, run_context: RunContext, requests: list[Any], *run_args: Any
+    ) -> StepOutcome:
+        """TF hooks' before_run, the merge, the step and TF hooks' after_run.
+
+        *run_args*: the caller's fetches, feed_dict, options and run_metadata.
+        """
+        dispatch = self._dispatch
+        if dispatch.sync_before:
+            dispatch.sync_before_run(run_context, requests)
+        merged = self._merge(requests, *run_args)
+        step = self._device_step(sess, merged)
+        if dispatch.sync_after:
+            dispatch.sync_after_run(run_context, step)
+        return step
+
+    def _merge(
         self,
-        sess: Any,
-        run_context: RunContext,
         requests: list[Any],
         fetches: Any,
         feed_dict: Any,
         options: Any,
         run_metadata: Any,
-    ) -> StepOutcome:
-        dispatch = self._dispatch
-        if dispatch.sync_before:
-            dispatch.sync_before_run(run_context, requests)
-        merged = merge(
-            fetches, feed_dict, options, run_metadata, dispatch.requester_hooks,
-            requests,
-        )  # fmt: skip
-        step = self._device_step(sess, merged)
-        if dispatch.sync_after:
-            dispatch.sync_after_run(run_context, step)
-        return step
+    ) -> MergedRun:
+        """The caller's arguments merged with the hooks' *requests*, in hook order."""
+        hooks = self._dispatch.requester_hooks
+        return merge(fetches, feed_dict, options, run_metadata, hooks, requests)
 
     def _device_step(self, sess: Any, merged: MergedRun) -> StepOutcome:
         """Run *merged* on the worker thread: what the hooks' after_run see."""
