@@ -10,6 +10,8 @@ the error types); ``asyncsess.hooks`` holds the standard hooks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import hooks as hooks
 from ._async_queue_runner import AsyncQueueRunner as AsyncQueueRunner
 from ._creators import ChiefSessionCreator as ChiefSessionCreator
@@ -27,14 +29,29 @@ from ._session import SingularMonitoredSession as SingularMonitoredSession
 from ._signals import stop_on_signals as stop_on_signals
 from ._step_fn import StepContext as StepContext
 from ._stop import StopReason as StopReason
-from ._tf import Scaffold as Scaffold
-from ._tf import SessionRunArgs as SessionRunArgs
-from ._tf import SessionRunContext as SessionRunContext
-from ._tf import SessionRunValues as SessionRunValues
 from ._training import USE_DEFAULT as USE_DEFAULT
 from ._training import MonitoredTrainingSession as MonitoredTrainingSession
 from ._version import __version__ as __version__
 from ._worker import run_in_session_thread as run_in_session_thread
+
+if TYPE_CHECKING:
+    # TensorFlow's classes from their defining modules, the same objects `._tf`
+    # gives at runtime: type checkers cannot see through the lazy tf.compat.v1.
+    from tensorflow.python.training.monitored_session import Scaffold as Scaffold
+    from tensorflow.python.training.session_run_hook import (
+        SessionRunArgs as SessionRunArgs,
+    )
+    from tensorflow.python.training.session_run_hook import (
+        SessionRunContext as SessionRunContext,
+    )
+    from tensorflow.python.training.session_run_hook import (
+        SessionRunValues as SessionRunValues,
+    )
+else:
+    from ._tf import Scaffold as Scaffold
+    from ._tf import SessionRunArgs as SessionRunArgs
+    from ._tf import SessionRunContext as SessionRunContext
+    from ._tf import SessionRunValues as SessionRunValues
 
 __all__ = (
     "AsyncQueueRunner",

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ._tf import SessionRunArgs, SessionRunContext, SessionRunValues
+    # TensorFlow's classes from their defining module (`asyncsess._tf` holds the
+    # same objects): type checkers cannot see through the lazily loaded
+    # ``tf.compat.v1``, so names taken from it would be unknown to them.
+    from tensorflow.python.training.session_run_hook import (
+        SessionRunArgs,
+        SessionRunContext,
+        SessionRunValues,
+    )
 
 
 class SessionRunHook:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import anyio
 
@@ -44,27 +44,39 @@ from ._tf import (
 from ._worker import WorkerThread, current_worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Coroutine, Iterable, Mapping
     from types import TracebackType
     from typing import TypeAlias
 
     from anyio.abc import TaskGroup
+
+    # TensorFlow's classes from their defining modules (`asyncsess._tf` holds the
+    # same objects): type checkers cannot see through the lazy ``tf.compat.v1``.
+    from tensorflow.python.framework.ops import Graph
+    from tensorflow.python.training.monitored_session import Scaffold
+    from tensorflow.python.training.monitored_session import (
+        SessionCreator as TFCreator,
+    )
+    from tensorflow.python.training.session_run_hook import (
+        SessionRunHook as TFHook,
+    )
     from typing_extensions import Self
 
     from ._backend import LoopBridge
     from ._creators import SessionCreator
     from ._step_fn import StepContext
     from ._stop import RunContext
-    from ._tf import TFSessionCreator
 
-    #: A hook of either kind: asyncsess's async one or TensorFlow's own.
-    AnyHook: TypeAlias = SessionRunHook | TFSessionRunHook
-    #: A session creator of either kind.
-    SessionCreatorLike: TypeAlias = SessionCreator | TFSessionCreator
+    # Public signatures spell out "either kind" (asyncsess's or TensorFlow's hook,
+    # creator) rather than through an alias: pyright cannot see TensorFlow's
+    # classes, and reads an alias of ours over them as unknown.
+
     #: ``Session.run``'s feed_dict: graph elements (or their names) to values.
     FeedDict: TypeAlias = Mapping[Any, Any]
 
 logger = logging.getLogger("asyncsess")
+
+T = TypeVar("T")
 
 _STEP = "running a step"
 _STEP_FN = "running a step_fn"
@@ -116,12 +128,13 @@ class MonitoredSession:
     session is left behind.
     """
 
-    _should_recover = True
+    #: Whether preemption errors recreate the TF session (False: they propagate).
+    _should_recover: ClassVar[bool] = True
 
     def __init__(
         self,
-        session_creator: SessionCreatorLike | None = None,
-        hooks: Iterable[AnyHook] | None = None,
+        session_creator: SessionCreator | TFCreator | None = None,
+        hooks: Iterable[SessionRunHook | TFHook] | None = None,
         *,
         stop_grace_period_secs: float = 120,
         recovery: RecoveryPolicy | None = None,
@@ -162,7 +175,7 @@ class MonitoredSession:
     # -- public properties ------------------------------------------------------
 
     @property
-    def graph(self) -> Any:
+    def graph(self) -> Graph:
         """The graph this session runs (captured when the object was constructed)."""
         return self._graph
 
@@ -656,6 +669,14 @@ class MonitoredSession:
 
     # -- step functions -----------------------------------------------------------
 
+    @overload
+    async def run_step_fn(
+        self, step_fn: Callable[[StepContext], Coroutine[Any, Any, T]]
+    ) -> T | None: ...
+
+    @overload
+    async def run_step_fn(self, step_fn: Callable[[StepContext], T]) -> T | None: ...
+
     async def run_step_fn(self, step_fn: Callable[[StepContext], Any]) -> Any:
         """Run ``step_fn(step_context)``, a plain or an async function, with recovery.
 
@@ -747,12 +768,12 @@ class SingularMonitoredSession(MonitoredSession):
     Cancellation: as `MonitoredSession`.
     """
 
-    _should_recover = False
+    _should_recover: ClassVar[bool] = False
 
     def __init__(
         self,
-        hooks: Iterable[AnyHook] | None = None,
-        scaffold: Any = None,
+        hooks: Iterable[SessionRunHook | TFHook] | None = None,
+        scaffold: Scaffold | None = None,
         master: str = "",
         config: Any = None,
         checkpoint_dir: str | None = None,

@@ -68,7 +68,8 @@ class Stepper:
         cancel_grace: float,
     ) -> None:
         self._on_hook_stop = on_hook_stop
-        self.cancel_grace = cancel_grace
+        #: Seconds a cancelled step is given to finish (the session's option).
+        self.cancel_grace: float = cancel_grace
         self._dispatch = dispatch
         self._worker = worker
         self._device = device

@@ -10,6 +10,16 @@ from ._tf import Scaffold
 from .hooks import CheckpointSaverHook, StepCounterHook, SummarySaverHook
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    # TensorFlow's class from its defining module (the object `asyncsess._tf`
+    # holds): type checkers cannot see through the lazy ``tf.compat.v1``.
+    from tensorflow.python.training.monitored_session import Scaffold as TFScaffold
+    from tensorflow.python.training.session_run_hook import (
+        SessionRunHook as TFHook,
+    )
+
+    from ._hook import SessionRunHook
     from ._recovery import RecoveryPolicy
 
 
@@ -52,17 +62,17 @@ def MonitoredTrainingSession(  # TensorFlow's (function) name
     master: str = "",
     is_chief: bool = True,
     checkpoint_dir: str | None = None,
-    scaffold: Any = None,
-    hooks: Any = None,
-    chief_only_hooks: Any = None,
-    save_checkpoint_secs: Any = USE_DEFAULT,
-    save_summaries_steps: Any = USE_DEFAULT,
-    save_summaries_secs: Any = USE_DEFAULT,
+    scaffold: TFScaffold | None = None,
+    hooks: Iterable[SessionRunHook | TFHook] | None = None,
+    chief_only_hooks: Iterable[SessionRunHook | TFHook] | None = None,
+    save_checkpoint_secs: float | None = USE_DEFAULT,
+    save_summaries_steps: int | None = USE_DEFAULT,
+    save_summaries_secs: float | None = USE_DEFAULT,
     config: Any = None,
     stop_grace_period_secs: float = 120,
     log_step_count_steps: int | None = 100,
     max_wait_secs: float = 7200,
-    save_checkpoint_steps: Any = USE_DEFAULT,
+    save_checkpoint_steps: int | None = USE_DEFAULT,
     summary_dir: str | None = None,
     save_graph_def: bool = True,
     *,
