@@ -150,31 +150,28 @@ class Recovery:
 
     async def create(self) -> None:
         """Create the TF session, retrying preemptions under the policy."""
-        await self._loop(False, "creating the session", self.create_session)
+        await self.call("creating the session", self.create_session, recreate=False)
 
     async def call(
-        self, during: str, attempt: Callable[..., Awaitable[T]], *args: Any
+        self,
+        during: str,
+        attempt: Callable[..., Awaitable[T]],
+        *args: Any,
+        recreate: bool = True,
     ) -> T:
         """``await attempt(*args)``, recreating the TF session after a preemption.
 
         Raises the root cause of a failed attempt (TF's rule: a preemption the
         coordinator holds), or the last preemption once the policy gives up.
+        *recreate* False: the attempt creates the session itself (`create`), and
+        a success does not reset the count of recoveries in a row.
 
         Cancellation: cancels the attempt or the recovery in progress.
         """
-        if self.pending is not None:
+        if recreate and self.pending is not None:
             error, self.pending = self.pending, None
             await self._recover(error, "checking whether to stop")
-        return await self._loop(True, during, attempt, *args)
-
-    async def _loop(
-        self,
-        recreate: bool,
-        during: str,
-        attempt: Callable[..., Awaitable[T]],
-        *args: Any,
-    ) -> T:
-        while True:
+        while True:  # one loop for every retried call (the step path is hot)
             try:
                 result = await attempt(*args)
             except Exception as exc:
