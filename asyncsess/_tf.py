@@ -205,15 +205,6 @@ def unfinalize_graph(graph: Any) -> None:
     graph._unsafe_unfinalize()
 
 
-def do_call(sess: Any, fn: Any, options: Any) -> Any:
-    """Run a `make_callable` callable as ``Session.run`` does (``Session._do_call``).
-
-    ``fn(options)`` runs with TF's error rewriting (the ``OpError`` names the op
-    from the graph, as ``Session.run``'s does).
-    """
-    return sess._do_call(fn, options)
-
-
 def session_closed(sess: Any) -> bool:
     """Whether `close()` was called on *sess* (``Session._closed``; False if unknown).
 
@@ -316,7 +307,6 @@ __all__ = [
     "TFSessionRunHook",
     "as_graph_element",
     "default_graph",
-    "do_call",
     "errors",
     "feed_converter",
     "fetch_plan",

@@ -47,7 +47,6 @@ PRIVATE_NAMES = [
     ("feed_converter", "tensorflow.python.client.session:_convert_to_numpy_obj"),
     ("feed_converter", "tensorflow.python.ops.session_ops:TensorHandle"),
     ("unfinalize_graph", "tensorflow.python.framework.ops:Graph._unsafe_unfinalize"),
-    ("do_call", "tensorflow.python.client.session:BaseSession._do_call"),
     ("session_closed", "tensorflow.python.client.session:BaseSession.close"),
     ("make_callable_from_options", "tensorflow.python.client.session:"
      "BaseSession._make_callable_from_options"),
@@ -164,17 +163,6 @@ class TestSessionHelpers:
         )
         trace = json.loads(_tf.chrome_trace(metadata.step_stats, True, False))
         assert trace["traceEvents"]
-
-    def test_do_call(self, graph: tf.Graph, sess: Any) -> None:
-        x = v1.placeholder_with_default(1.0, [])
-        doubled = x * 2
-        checked = tf.debugging.check_numerics(x / 0.0, "inf", name="checked")
-        fn = sess.make_callable(doubled, accept_options=True)
-        assert _tf.do_call(sess, fn, None) == 2.0
-        failing = sess.make_callable(checked, accept_options=True)
-        with pytest.raises(tf.errors.InvalidArgumentError) as info:
-            _tf.do_call(sess, failing, v1.RunOptions())
-        assert info.value.op is graph.get_operation_by_name("checked")
 
     def test_make_callable_from_options(self, graph: tf.Graph, sess: Any) -> None:
         x = v1.placeholder(tf.float32, [], name="x")
