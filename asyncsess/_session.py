@@ -427,12 +427,7 @@ class MonitoredSession:
             return
         if self._recovery.enabled and is_preemption(coord_error):
             # TensorFlow's _RecoverableSession.close logs it: nothing to recover.
-            logger.error(
-                "An error occurred when attempting to close the session. This may "
-                "be due to a preemption in a connected worker or parameter "
-                "server. Error: %s",
-                coord_error,
-            )
+            _log_close_error(coord_error)
             return
         raise coord_error
 
@@ -453,12 +448,7 @@ class MonitoredSession:
                 "Closing the TF session did not finish in %.0fs.", self._grace
             )
         elif closed.error is not None:
-            logger.error(
-                "An error occurred when attempting to close the session. This may "
-                "be due to a preemption in a connected worker or parameter "
-                "server. Error: %s",
-                closed.error,
-            )
+            _log_close_error(closed.error)
         return error
 
     def _spawn(self, fn: Any, *args: Any) -> None:
@@ -801,6 +791,15 @@ class SingularMonitoredSession(MonitoredSession):
     def raw_session(self) -> Any:
         """The underlying `tf.compat.v1.Session`, or None when not open."""
         return self._tf_sess
+
+
+def _log_close_error(error: BaseException) -> None:
+    """TensorFlow's log line for an error closing a session (it does not raise)."""
+    logger.error(
+        "An error occurred when attempting to close the session. This may be due "
+        "to a preemption in a connected worker or parameter server. Error: %s",
+        error,
+    )
 
 
 def _seconds(name: str, value: object) -> float:
