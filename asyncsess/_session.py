@@ -9,8 +9,9 @@ call to its `WorkerThread` (``_worker.py``).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import anyio
@@ -44,7 +45,14 @@ from ._tf import (
 from ._worker import WorkerThread, current_worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterable, Mapping
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Coroutine,
+        Iterable,
+        Mapping,
+    )
     from types import TracebackType
     from typing import TypeAlias
 
@@ -656,6 +664,38 @@ class MonitoredSession:
                 options,
                 run_metadata,
             )
+
+    @asynccontextmanager
+    async def _unhooked_turn(self) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        """The session's next turn on the device, for `Batcher`: runs without hooks.
+
+        Enters once earlier runs and training steps are done (in arrival order);
+        yields ``run(fetches, feed_dict)``, which is `run_without_hooks` without
+        the wait, so a caller can gather its feed when its turn has come.
+        """
+        self._check_unhooked()
+        lock, stepper = self._lock, self._stepper
+        assert lock is not None
+        assert stepper is not None
+        waits = lock.locked()
+        async with lock:
+            if waits:
+                self._check_unhooked()
+            yield functools.partial(
+                self._recovery.call, _STEP, stepper.run_without_hooks
+            )
+
+    def _check_unhooked(self) -> None:
+        if self._state is not State.OPEN or self._recovery.broken is not None:
+            self._check_can_run()
+        assert self._bridge is not None
+        self._bridge.check_current()
+
+    @property
+    def _busy(self) -> bool:
+        """Whether a step or run holds the device now, or waits for it."""
+        lock = self._lock
+        return lock is not None and lock.locked()
 
     # -- step functions -----------------------------------------------------------
 
