@@ -4,8 +4,9 @@ General layout: the public names are re-exported here from private modules, each
 owning one thing (``_session`` the lifecycle and public methods, ``_stepper`` the
 per-step path, ``_dispatch`` the hooks, ``_runargs`` the merged-run layout,
 ``_run_cache`` the device step, ``_worker`` the threads, ``_creators`` session
-creation, ``_recovery`` the retry loop, ``_step_fn`` run_step_fn, ``_exceptions``
-the error types); ``asyncsess.hooks`` holds the standard hooks.
+creation, ``_recovery`` the retry loop, ``_step_fn`` run_step_fn, ``_batcher``
+dynamic batching, ``_exceptions`` the error types); ``asyncsess.hooks`` holds the
+standard hooks.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING
 
 from . import hooks as hooks
 from ._async_queue_runner import AsyncQueueRunner as AsyncQueueRunner
+from ._batcher import Batcher as Batcher
 from ._creators import ChiefSessionCreator as ChiefSessionCreator
 from ._creators import SessionCreator as SessionCreator
 from ._creators import WorkerSessionCreator as WorkerSessionCreator
+from ._exceptions import BatchQueueFullError as BatchQueueFullError
 from ._exceptions import FeedConflictError as FeedConflictError
 from ._exceptions import RunAfterStopError as RunAfterStopError
 from ._exceptions import SessionBrokenError as SessionBrokenError
@@ -55,6 +58,8 @@ else:
 
 __all__ = (
     "AsyncQueueRunner",
+    "BatchQueueFullError",
+    "Batcher",
     "ChiefSessionCreator",
     "FeedConflictError",
     "MonitoredSession",

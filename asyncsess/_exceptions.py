@@ -105,3 +105,18 @@ def explain_finalized(exc: BaseException, who: str) -> BaseException:
             "ops belong in a hook's begin() or in the graph before the session opens."
         )
     return exc
+
+
+class BatchQueueFullError(RuntimeError):
+    """A `Batcher` call was refused: *max_enqueued* rows already wait.
+
+    TensorFlow Serving answers the same case with UNAVAILABLE ("The batch
+    scheduling queue ... is full"); a web service answers 429 or 503.
+    """
+
+    def __init__(self, rows: int, queued: int, limit: int) -> None:
+        super().__init__(
+            f"Batcher queue is full: {queued} rows wait and max_enqueued={limit}, so "
+            f"this call's {rows} rows were refused; retry later, or raise max_enqueued"
+        )
+        self.rows, self.queued, self.limit = rows, queued, limit
