@@ -27,6 +27,7 @@ from ._exceptions import SessionStateError as SessionStateError
 from ._exceptions import WrongEventLoopError as WrongEventLoopError
 from ._hook import SessionRunHook as SessionRunHook
 from ._recovery import RecoveryPolicy as RecoveryPolicy
+from ._serve_factory import ServeSpec as ServeSpec
 from ._session import MonitoredSession as MonitoredSession
 from ._session import SingularMonitoredSession as SingularMonitoredSession
 from ._signals import stop_on_signals as stop_on_signals
@@ -67,6 +68,7 @@ __all__ = (
     "RecoveryPolicy",
     "RunAfterStopError",
     "Scaffold",
+    "ServeSpec",
     "SessionBrokenError",
     "SessionCreator",
     "SessionRunArgs",

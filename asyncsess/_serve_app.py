@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -16,13 +17,24 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ._serve_factory import demo_graph
+from ._serve_metrics import finite_or_none
 from ._serve_page import PAGE, PAGE_HEADERS
-from ._serve_trainer import ModelUnavailable, ServiceConfig, Trainer
+from ._serve_trainer import (
+    ModelUnavailable,
+    Overloaded,
+    PredictionFailed,
+    ServiceConfig,
+    Trainer,
+)
+from ._tf import tf
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
     from starlette.requests import Request
+
+    from ._serve_factory import ServedGraph
 
 logger = logging.getLogger("asyncsess.serve")
 
@@ -49,6 +61,9 @@ def create_app(
     max_rows: int = 1024,
     max_body_bytes: int = 1 << 20,
     allowed_hosts: tuple[str, ...] | None = None,
+    batching: bool = True,
+    max_batch_size: int = 32,
+    batch_timeout_secs: float = 0.001,
 ) -> Starlette:
     """A Starlette app that trains the demo model in the background and serves it.
 
@@ -57,7 +72,8 @@ def create_app(
     app shuts down or ``POST /stop``; then the current step finishes, the hooks'
     ``end`` runs and the final checkpoint is written. Routes: ``GET /``,
     ``GET /status``, ``GET /history``, ``GET /metrics``, ``POST /predict``,
-    ``POST /stop``.
+    ``POST /stop``. Concurrent ``POST /predict`` calls share device steps
+    through a `Batcher` (unless *batching* is False).
 
     Args:
       logdir: Checkpoints and TensorBoard event files.
@@ -70,23 +86,52 @@ def create_app(
       max_body_bytes: Largest request body accepted (413 above).
       allowed_hosts: Host names the app answers to (400 otherwise), against DNS
         rebinding; loopback names by default, ``("*",)`` for any.
+      batching: Batch concurrent predictions (`Batcher`).
+      max_batch_size: Most rows of one batched step.
+      batch_timeout_secs: Longest a prediction waits for others to batch with.
 
     Cancellation: the app's lifespan owns the training task; see
     `Trainer.running_in_background`.
     """
-    config = ServiceConfig(
+    served = demo_graph(logdir, input_dim, save_checkpoint_secs=save_checkpoint_secs)
+    return create_graph_app(
+        served,
         logdir=logdir,
+        token=token,
         input_dim=input_dim,
-        token=token or None,
         last_step=last_step,
         step_interval=step_interval,
-        save_checkpoint_secs=save_checkpoint_secs,
         max_rows=max_rows,
         max_body_bytes=max_body_bytes,
+        allowed_hosts=allowed_hosts,
+        batching=batching,
+        max_batch_size=max_batch_size,
+        batch_timeout_secs=batch_timeout_secs,
+        demo=True,
     )
+
+
+def create_graph_app(
+    served: ServedGraph,
+    *,
+    allowed_hosts: tuple[str, ...] | None = None,
+    demo: bool = False,
+    **settings: Any,
+) -> Starlette:
+    """The service's app over *served*: trained in the background if it can be.
+
+    *settings* are `ServiceConfig` fields (``logdir``, ``token``, ``max_rows``,
+    ...). The demo's ``POST /predict`` takes ``{"x": rows}`` and answers
+    ``{"y": [...]}``; a factory's takes its inputs by name (see
+    `parse_inputs`) and answers ``{"outputs": {name: value}}``.
+
+    Cancellation: the app's lifespan owns the training task; see
+    `Trainer.running_in_background`.
+    """
+    config = ServiceConfig(**settings)
     if allowed_hosts is None:
         allowed_hosts = config.allowed_hosts
-    trainer = Trainer(config)
+    trainer = Trainer(config, served)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -98,7 +143,7 @@ def create_app(
         Route("/status", _status, methods=["GET"]),
         Route("/history", _history, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
-        Route("/predict", _predict, methods=["POST"]),
+        Route("/predict", _predict if demo else _predict_inputs, methods=["POST"]),
         Route("/stop", _stop, methods=["POST"]),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
@@ -153,11 +198,37 @@ async def _predict(request: Request) -> Response:
     _authorize(request, config)
     body = await _read_body(request, config.max_body_bytes)
     rows = parse_rows(body, config.input_dim, config.max_rows)
-    try:
-        y = await trainer.predict(rows)
-    except ModelUnavailable as exc:
-        raise Refused(503, str(exc), {"Retry-After": "1"}) from None
+    outputs = await _predicted(trainer, {"x": rows})
+    y = [finite_or_none(float(v)) for v in outputs["y"]]
     return JSONResponse({"y": y, "global_step": trainer.global_step}, headers=NO_SNIFF)
+
+
+async def _predict_inputs(request: Request) -> Response:
+    trainer = _trainer(request)
+    config = trainer.config
+    _authorize(request, config)
+    body = await _read_body(request, config.max_body_bytes)
+    inputs = parse_inputs(body, trainer.served.inputs, config.max_rows)
+    outputs = await _predicted(trainer, inputs)
+    document = {
+        "outputs": {name: jsonable(value) for name, value in outputs.items()},
+        "global_step": trainer.global_step,
+    }
+    return JSONResponse(document, headers=NO_SNIFF)
+
+
+async def _predicted(
+    trainer: Trainer, inputs: dict[str, np.ndarray[Any, Any]]
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The trainer's prediction, or the 4xx/503 that says why there is none."""
+    try:
+        return await trainer.predict(inputs)
+    except (ModelUnavailable, Overloaded) as exc:
+        raise Refused(503, str(exc), {"Retry-After": "1"}) from None
+    except PredictionFailed as exc:
+        raise Refused(
+            422, f"The model refused the inputs ({exc.kind}): {exc}"
+        ) from None
 
 
 async def _refused(request: Request, exc: Refused) -> Response:
@@ -271,3 +342,168 @@ def _check_row(i: int, row: Any, input_dim: int) -> None:
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+tf_string = tf.string
+
+
+# -- a factory's inputs and outputs -------------------------------------------------
+
+
+def parse_inputs(
+    body: bytes, inputs: Mapping[str, Any], max_rows: int
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Validate a factory's ``/predict`` body; arrays by input name, or 422.
+
+    The body is ``{"inputs": {name: value, ...}}``, or the same object without
+    the ``"inputs"`` wrapper. Every input of the graph must be given, as
+    (nested lists of) JSON values of its dtype (numbers, booleans, or strings
+    for string tensors) in a shape its placeholder accepts, with at most
+    *max_rows* rows.
+    """
+    payload = _parse_json(body)
+    if isinstance(payload, dict) and set(payload) == {"inputs"}:
+        payload = payload["inputs"]
+    if not isinstance(payload, dict):
+        raise Refused(422, 'Expected a JSON object {"inputs": {name: value, ...}}.')
+    names = sorted(inputs)
+    extra = sorted(set(payload) - set(inputs))
+    if extra:
+        raise Refused(422, f"Unexpected input(s) {extra!r}; the model takes {names!r}.")
+    missing = sorted(set(inputs) - set(payload))
+    if missing:
+        raise Refused(422, f"Missing input(s) {missing!r}; the model takes {names!r}.")
+    return {
+        name: _input_array(name, payload[name], inputs[name], max_rows)
+        for name in names
+    }
+
+
+def _input_array(
+    name: str, value: Any, tensor: Any, max_rows: int
+) -> np.ndarray[Any, Any]:
+    dtype = tensor.dtype
+    label = f"inputs[{name!r}]"
+    shape = _shape_of(label, value)
+    leaves = list(_flatten(value, len(shape)))
+    if dtype == tf_string:
+        array = np.array([_text(label, v) for v in leaves], dtype=object)
+    else:
+        np_dtype = np.dtype(dtype.as_numpy_dtype)
+        for leaf in leaves:
+            _check_leaf(label, leaf, np_dtype)
+        array = np.array(leaves, dtype=np_dtype)
+    array = array.reshape(shape)
+    wanted = tensor.shape
+    if not wanted.is_compatible_with(shape):
+        raise Refused(
+            422,
+            f"{label} has shape {list(shape)}; the model takes "
+            f"{_dims(wanted)} ({dtype.name}).",
+        )
+    if (
+        shape
+        and len(shape) == wanted.rank
+        and wanted[0] is None
+        and shape[0] > max_rows
+    ):
+        raise Refused(422, f"{label} has {shape[0]} rows; at most {max_rows} per call.")
+    return array
+
+
+def _shape_of(label: str, value: Any) -> tuple[int, ...]:
+    """The shape of nested lists *value*, or 422 if they are ragged."""
+    shape: list[int] = []
+    probe = value
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        if not probe:
+            break
+        probe = probe[0]
+    _check_shape(label, value, tuple(shape))
+    return tuple(shape)
+
+
+def _check_shape(label: str, value: Any, shape: tuple[int, ...]) -> None:
+    if not shape:
+        if isinstance(value, list):
+            raise Refused(422, f"{label} is ragged (lists of different lengths).")
+        return
+    if not isinstance(value, list) or len(value) != shape[0]:
+        raise Refused(422, f"{label} is ragged (lists of different lengths).")
+    for item in value:
+        _check_shape(label, item, shape[1:])
+
+
+def _flatten(value: Any, depth: int) -> Any:
+    if depth == 0:
+        yield value
+        return
+    for item in value:
+        yield from _flatten(item, depth - 1)
+
+
+def _check_leaf(label: str, leaf: Any, dtype: np.dtype[Any]) -> None:
+    kind = dtype.kind
+    if kind == "b":
+        if not isinstance(leaf, bool):
+            raise Refused(
+                422, f"{label} takes booleans. Received: {type(leaf).__name__}"
+            )
+        return
+    if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
+        raise Refused(422, f"{label} takes numbers. Received: {type(leaf).__name__}")
+    if kind in "iu":
+        if not isinstance(leaf, int):
+            raise Refused(
+                422, f"{label} takes integers ({dtype.name}). Received: {leaf!r}"
+            )
+        info = np.iinfo(dtype)
+        if not info.min <= leaf <= info.max:
+            raise Refused(422, f"{label} holds {leaf}, out of {dtype.name} range.")
+        return
+    if kind == "f":
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            raise Refused(422, f"{label} must be finite. Received: {leaf!r}")
+        if abs(leaf) > float(np.finfo(dtype).max):
+            raise Refused(422, f"{label} holds a number out of {dtype.name} range.")
+        return
+    raise Refused(422, f"{label} is of dtype {dtype.name}, which /predict cannot take.")
+
+
+def _text(label: str, leaf: Any) -> bytes:
+    if not isinstance(leaf, str):
+        raise Refused(422, f"{label} takes strings. Received: {type(leaf).__name__}")
+    return leaf.encode("utf-8")
+
+
+def _dims(shape: Any) -> str:
+    if shape.rank is None:
+        return "any shape"
+    return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
+
+
+def jsonable(value: Any) -> Any:
+    """*value* (an output array) as JSON: lists; NaN and infinities as null.
+
+    Strings that are not UTF-8 come as ``{"b64": ...}``, as in TensorFlow
+    Serving's REST API.
+    """
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            out = array.astype(object)
+            out[~finite] = None
+            return out.tolist()
+        return array.tolist()
+    if array.dtype.kind in "OSU":
+        return np.vectorize(_string, otypes=[object])(array).tolist()
+    return array.tolist()
+
+
+def _string(item: Any) -> Any:
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(item).decode("ascii")}
+    return item

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,7 +15,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ._batch_metrics import register_batch_metrics
 from ._tf import TFSessionRunHook
+
+if TYPE_CHECKING:
+    from ._batch_stats import BatchStats
 
 # From a fast CPU step (~0.1 ms) to a slow accelerator step or a checkpoint (10 s).
 STEP_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -63,13 +67,17 @@ class Metrics:
             buckets=LAG_BUCKETS,
         )
         self.predictions = counter(
-            "asyncsess_predict_rows", "Rows answered by POST /predict."
+            "asyncsess_predict_rows", "Rows of the predictions answered."
         )
         self.rejected = counter(
             "asyncsess_rejected_requests",
             "Requests refused with a 4xx status, by status.",
             ["status"],
         )
+
+    def add_batching(self, stats: BatchStats) -> None:
+        """Export *stats* (the service's batches) with the other metrics."""
+        register_batch_metrics(self.registry, stats)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format."""

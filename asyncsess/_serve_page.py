@@ -63,7 +63,8 @@ async function refresh() {
     $("loss").textContent = fmt(d.loss, 4);
     $("rate").textContent = fmt(d.steps_per_sec, 4);
     const state = $("state");
-    state.textContent = d.running ? "training" : "stopped";
+    state.textContent = d.running ? "training" :
+        (d.predictions_from ? "serving " + d.predictions_from : "stopped");
     state.className = d.running ? "" : "stopped";
     $("note").textContent = d.error ? "error: " + d.error :
         (d.stop_reason ? "stopped: " + d.stop_reason : "");
@@ -83,7 +84,7 @@ PAGE = f"""<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>asyncsess: training</title>
+<title>asyncsess: training and serving</title>
 <style>{_STYLE}</style>
 </head>
 <body>
