@@ -14,6 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -358,9 +359,29 @@ def _leaves(
     value: Any, shape: list[int], allowed: frozenset[type], spec: TensorSpec
 ) -> list[Any]:
     """Check *value* is dense with *shape* and of allowed leaf types; flatten it."""
-    out: list[Any] = []
-    _walk(value, 0, shape, allowed, spec, out)
-    return out
+    leaves = _flatten(value, shape, allowed)
+    if leaves is None:
+        # Something is off: walk it as TF Serving does, to say what and where.
+        leaves = []
+        _walk(value, 0, shape, allowed, spec, leaves)
+    return leaves
+
+
+def _flatten(
+    value: Any, shape: list[int], allowed: frozenset[type]
+) -> list[Any] | None:
+    """The hot path: one C-level pass per dimension, ``None`` if anything is off."""
+    if not shape:
+        return [value] if type(value) in allowed else None
+    items: list[Any] = value
+    for size in shape[1:]:
+        if not set(map(type, items)) <= _LIST or not set(map(len, items)) <= {size}:
+            return None
+        items = list(chain.from_iterable(items))
+    return items if set(map(type, items)) <= allowed else None
+
+
+_LIST = frozenset((list,))
 
 
 def _walk(
@@ -456,7 +477,10 @@ def _build_bool(leaves: list[Any], spec: TensorSpec) -> np.ndarray:
 def _build_string(leaves: list[Any], spec: TensorSpec) -> np.ndarray:
     out = np.empty(len(leaves), dtype=object)
     try:
-        out[:] = [x.encode() if type(x) is str else _b64_bytes(x) for x in leaves]
+        if dict in set(map(type, leaves)):
+            out[:] = [x.encode() if type(x) is str else _b64_bytes(x) for x in leaves]
+        else:
+            out[:] = list(map(str.encode, leaves))
     except (UnicodeEncodeError, _Bad):
         for i, x in enumerate(leaves):
             try:
@@ -508,6 +532,11 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], fmt: Format) -> bytes:
         JsonTensorError: no outputs, an unsupported dtype, or (row format) an
             output without a first dimension or with another batch size.
     """
+    if fmt not in ("row", "columnar"):
+        raise ValueError(
+            "Invalid request format; expected 'row' or 'columnar'. "
+            f"Received: fmt={fmt!r}"
+        )
     if not outputs:
         raise JsonTensorError("Cannot convert empty tensor map to JSON")
     arrays = {alias: _as_array(value) for alias, value in outputs.items()}
@@ -582,9 +611,11 @@ def _rows_json(arr: np.ndarray, alias: str) -> list[str]:
 def _output_values(arr: np.ndarray, alias: str) -> tuple[bool, Any]:
     """The array as nested lists: ``(True, JSON texts)`` or ``(False, values)``."""
     kind = arr.dtype.kind
-    if kind in "biu" or (kind == "f" and arr.dtype.itemsize >= 8):
+    if kind in "biu":
+        return False, arr.tolist()
+    if kind == "f" and arr.dtype.itemsize >= 8:
         # Python's float repr is already the shortest round trip for float64.
-        return False, arr.astype(np.float64).tolist() if kind == "f" else arr.tolist()
+        return False, arr.astype(np.float64, copy=False).tolist()
     if kind == "f" or arr.dtype.name == "bfloat16":
         return True, _float_texts(arr).tolist()
     if kind in "OSU":
