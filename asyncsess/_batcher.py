@@ -8,7 +8,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import numpy as np
@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from ._session import MonitoredSession
+
+
+class _Unawaited:
+    """The ``done`` of a call run in its own task: nobody waits for it."""
+
+    _set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
 
 _EWMA = 0.2  # weight of the newest step in the measured step time and batch size
 
@@ -41,7 +54,7 @@ class _Part:
     feeds: dict[Any, np.ndarray]
     rows: int
     enqueued: float
-    done: anyio.Event
+    done: anyio.Event | _Unawaited
     outputs: Any = None
     error: BaseException | None = None
     running: bool = False
@@ -182,11 +195,13 @@ class Batcher:
         feeds, rows = _as_rows(feed_dict)
         if not rows:
             return await self._session.run_without_hooks(fetches, feed_dict)
+        if self._alone(rows):
+            return await self._run_alone(fetches, feeds, rows)
         queue = self._queue_for(fetches, feeds)
         parts = self._enqueue(queue, feeds, rows)
         try:
             for part in parts:
-                await part.done.wait()
+                await cast("anyio.Event", part.done).wait()
         except BaseException:
             self._withdraw(queue, parts)
             raise
@@ -196,6 +211,34 @@ class Batcher:
         if len(parts) == 1:
             return parts[0].outputs
         return join_parts(fetches, [part.outputs for part in parts])
+
+    def _alone(self, rows: int) -> bool:
+        """Whether a call can run at once in its caller's task: lone traffic.
+
+        Nothing waits or runs, the device is idle and recent batches held one
+        call each: no one to batch with, so the hop to the scheduler is saved.
+        """
+        return (
+            self._queued_rows == 0
+            and rows <= self._max_rows
+            and not self._running
+            and self._batch_rows < 1.5
+            and not self._session._busy
+        )
+
+    async def _run_alone(
+        self, fetches: Any, feeds: dict[Any, np.ndarray], rows: int
+    ) -> Any:
+        part = _Part(feeds, rows, anyio.current_time(), _Unawaited(), running=True)
+        self.stats.calls += 1
+        try:
+            async with self._session._unhooked_turn() as run:
+                await self._run_parts(run, fetches, tuple(feeds), [part])
+        finally:
+            self._arrival.set()  # calls that came meanwhile need not wait longer
+        if part.error is not None:
+            raise part.error
+        return part.outputs
 
     def _queue_for(self, fetches: Any, feeds: Mapping[Any, np.ndarray]) -> _Queue:
         feed_keys = tuple(feeds)
@@ -310,7 +353,7 @@ class Batcher:
                 parts = self._take(queue, self._max_rows)
                 if parts:
                     self._running = True
-                    await self._run_parts(run, queue, parts)
+                    await self._run_parts(run, queue.fetches, queue.feed_keys, parts)
         except Exception as exc:  # the session refused the turn (closed, broken)
             self._resolve([*parts, *self._take(queue, queue.rows)], exc)
         except BaseException:  # cancelled: close() after the body failed
@@ -326,17 +369,19 @@ class Batcher:
             self._dequeued(part.rows)
         return parts
 
-    async def _run_parts(self, run: Any, queue: _Queue, parts: list[_Part]) -> None:
+    async def _run_parts(
+        self, run: Any, fetches: Any, feed_keys: tuple[Any, ...], parts: list[_Part]
+    ) -> None:
         started = anyio.current_time()
         rows = sum(part.rows for part in parts)
         padding = _padding(self._sizes, rows)
         self._count(parts, rows, padding, started)
         try:
-            feed = self._feed(queue.feed_keys, parts, padding)
-            outputs = await run(queue.fetches, feed, None, None)
+            feed = self._feed(feed_keys, parts, padding)
+            outputs = await run(fetches, feed, None, None)
             self._measure(anyio.current_time() - started, rows)
             shares = split_outputs(
-                queue.fetches, outputs, [part.rows for part in parts], rows + padding
+                fetches, outputs, [part.rows for part in parts], rows + padding
             )
         except Exception as exc:  # the step's error, raised in each of its callers
             self._resolve(parts, exc)

@@ -99,6 +99,8 @@ class TestBatching:
         async with asyncsess.Batcher(
             session, max_batch_size=sum(counts), batch_timeout_secs=30
         ) as batcher:
+            # The first call would run at once on an idle session: keep it busy.
+            started, release = anyio.Event(), anyio.Event()
 
             async def call(i: int) -> None:
                 results[i] = await batcher.run(
@@ -107,8 +109,12 @@ class TestBatching:
                 )
 
             async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_device, session, started, release)
+                await started.wait()
                 for i in range(len(counts)):
                     tg.start_soon(call, i)
+                await wait_queued(batcher, sum(counts))
+                release.set()
         assert batcher.stats.batches == 1
         assert batcher.stats.rows == sum(counts)
         for i, n in enumerate(counts):
@@ -260,8 +266,34 @@ class TestWaiting:
                     )
                     assert out.tolist() == [2, 2]
 
+    async def test_calls_behind_a_lone_call_are_not_held_for_the_timeout(
+        self, rows_model: RowModel, session: asyncsess.MonitoredSession
+    ) -> None:
+        async with asyncsess.Batcher(session, batch_timeout_secs=3600) as batcher:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(6):
+                        tg.start_soon(
+                            batcher.run, rows_model.seen, {rows_model.x: rows_of(1, i)}
+                        )
+        assert batcher.stats.rows == 6
+
 
 class TestCancellation:
+    async def test_a_lone_caller_cancelled_on_the_device(
+        self, rows_model: RowModel, session: asyncsess.MonitoredSession
+    ) -> None:
+        m = rows_model
+        async with asyncsess.Batcher(session) as batcher:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(batcher.run, m.blocked, {m.x: rows_of(1)})
+                    await anyio.to_thread.run_sync(m.entered.wait, 30)
+                    scope.cancel()
+            m.release.set()
+            out = await batcher.run(m.seen, {m.x: rows_of(2)})
+        assert out.tolist() == [2, 2]
+
     async def test_a_cancelled_waiting_caller_is_taken_out(
         self, rows_model: RowModel, session: asyncsess.MonitoredSession
     ) -> None:
