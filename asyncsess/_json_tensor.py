@@ -237,6 +237,7 @@ def _check_named_rows(instances: list[Any], inputs: Mapping[str, TensorSpec]) ->
     for i, item in enumerate(instances):
         if not _is_named(item):
             got = "list" if type(item) is list else _json_type(item).lower()
+            got = "base64 value" if _is_b64(item) else got
             raise JsonTensorError(
                 f"Expecting object but got {got} at item {i} of input list"
             )
@@ -244,6 +245,7 @@ def _check_named_rows(instances: list[Any], inputs: Mapping[str, TensorSpec]) ->
             continue
         for key in item:
             if key not in names:
+                key = key[:_DEBUG_CHARS]  # a key may be a megabyte long
                 raise JsonTensorError(
                     f"Failed to process element: {i} key: {key} of 'instances' "
                     f"list. Error: JSON object: does not have named input: {key} "

@@ -508,6 +508,12 @@ DECODE_ERRORS: list[tuple[str, str, dict[str, TensorSpec], str]] = [
         "Expecting object but got number at item 1 of input list",
     ),
     (
+        "object_then_base64",
+        '{"instances": [{"a": "x"}, {"b64": "aA=="}]}',
+        {"a": STR},
+        "Expecting object but got base64 value at item 1 of input list",
+    ),
+    (
         "list_then_object",
         '{"instances": [["baz", "bar"], {"str_tensor": ["baz", "bat"]}]}',
         {"str_tensor": STR},
