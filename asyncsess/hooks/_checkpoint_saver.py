@@ -9,7 +9,11 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
+import shutil
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from .._hook import SessionRunHook, describe
 from .._tf import (
@@ -179,6 +183,7 @@ class CheckpointSaverHook(SessionRunHook):
     # -- the hook ----------------------------------------------------------------
 
     async def begin(self) -> None:
+        await anyio.to_thread.run_sync(remove_stale_temp_dirs, self._save_path)
         self._summary_writer = await open_writer(self._checkpoint_dir)
         self._global_step_tensor = required_global_step("CheckpointSaverHook")
         if self._background_write:
@@ -420,6 +425,33 @@ class CheckpointSaverHook(SessionRunHook):
             )
         self._snapshot = plan
         return plan
+
+
+def remove_stale_temp_dirs(save_path: str) -> list[str]:
+    """Remove the ``<save_path>-N_temp`` folders killed checkpoint writes left.
+
+    TensorFlow's Saver writes a checkpoint's shards there and renames them into
+    place when done, so a process killed mid-write leaves one behind, up to
+    the model's size each. TensorFlow's saver.py says such an orphan "can be
+    safely removed" on a later restore; the hook does it when its session
+    begins, before it writes anything. Remote paths (``gs://``) are left alone.
+    """
+    directory, base = os.path.split(save_path)
+    if "://" in save_path or not os.path.isdir(directory or "."):
+        return []
+    pattern = re.compile(re.escape(base) + r"-\d+_temp")
+    removed = []
+    for entry in os.scandir(directory or "."):
+        if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    if removed:
+        logger.info(
+            "Removed %d temporary checkpoint folder(s) left by interrupted writes: %s",
+            len(removed),
+            ", ".join(sorted(removed)),
+        )
+    return removed
 
 
 def _log_stop_request(listener: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -655,3 +656,25 @@ async def test_background_partitioned_variable_falls_back_to_feeding(
             await sess.run(inc)
             assert isinstance(hook._snapshot, list)
     assert kept_steps(tmp_path) == [0, 1]
+
+
+async def test_stale_temp_folders_of_killed_writes_are_removed(
+    model: Model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a write killed mid-way leaves (TF's Saver: <prefix>-N_temp/part-*).
+    stale = tmp_path / "model.ckpt-40_temp"
+    stale.mkdir()
+    (stale / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x" * 100)
+    kept = [tmp_path / "model.ckpt-x_temp", tmp_path / "other.ckpt-3_temp"]
+    for path in kept:
+        path.mkdir()
+    (tmp_path / "model.ckpt-7_temp").write_text("a file, not a write's folder")
+    hook = CheckpointSaverHook(str(tmp_path), save_steps=2)
+    with caplog.at_level(logging.INFO, logger="asyncsess.hooks"):
+        async with asyncsess.SingularMonitoredSession(hooks=[hook]) as sess:
+            await sess.run(model.train_op, {model.x: 1.0})
+    assert not stale.exists()
+    assert all(path.is_dir() for path in kept)
+    assert (tmp_path / "model.ckpt-7_temp").is_file()
+    assert "Removed 1 temporary checkpoint folder" in caplog.text
+    assert latest_step(tmp_path) == 1
