@@ -180,7 +180,9 @@ def decode_inputs(
             "Failed to get input map for signature: " + signature_name_of(request)
         )
     for alias, spec in inputs.items():
-        if _plan(spec.dtype)[1] is None:
+        # An object dtype is DT_STRING only: DT_RESOURCE or DT_VARIANT cannot be fed.
+        opaque = spec.dtype.kind == "O" and spec.dtype_name != "DT_STRING"
+        if opaque or _plan(spec.dtype)[1] is None:
             raise JsonTensorError(
                 f"Input {alias} is of type {_tf_type(spec)}, which JSON cannot feed "
                 "(TF Serving's REST API takes bool, integer, float and string inputs)"

@@ -752,6 +752,12 @@ DECODE_ERRORS: list[tuple[str, str, dict[str, TensorSpec], str]] = [
     ),
     # Unsupported types and ranks.
     (
+        "variant_input",
+        '{"instances": ["a"]}',
+        {"v": TensorSpec(object, None, "DT_VARIANT")},
+        "Input v is of type variant, which JSON cannot feed",
+    ),
+    (
         "complex_input",
         '{"instances": [1]}',
         {"c": TensorSpec(np.complex64)},
