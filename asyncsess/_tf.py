@@ -284,6 +284,27 @@ def try_ready_session(manager: Any, master: str, config: Any) -> tuple[Any, Any]
     return None, message
 
 
+# -- SavedModels (``serve --saved-model``, asyncsess/_saved_model.py) ------------------
+
+
+def saved_model_loader(export_dir: str) -> Any:
+    """TensorFlow's ``SavedModelLoader`` for *export_dir* (v1.saved_model.load's).
+
+    Its pieces (``get_meta_graph_def_from_tags``, ``restore_variables``,
+    ``run_init_ops``) let a session creator restore into a graph imported once.
+    """
+    from tensorflow.python.saved_model import loader_impl
+
+    return loader_impl.SavedModelLoader(export_dir)
+
+
+def datatype_name(datatype: int) -> str:
+    """The ``DataType`` enum's name for *datatype* (``1`` -> ``"DT_FLOAT"``)."""
+    from tensorflow.core.framework import types_pb2
+
+    return str(types_pb2.DataType.Name(datatype))
+
+
 __all__ = [
     "FULL_TRACE",
     "PREEMPTION_ERRORS",
@@ -306,6 +327,7 @@ __all__ = [
     "TFSessionCreator",
     "TFSessionRunHook",
     "as_graph_element",
+    "datatype_name",
     "default_graph",
     "errors",
     "feed_converter",
@@ -315,6 +337,7 @@ __all__ = [
     "meta_graph_def",
     "options_buffer",
     "plain_queue_runner",
+    "saved_model_loader",
     "session_closed",
     "session_interface",
     "session_manager",

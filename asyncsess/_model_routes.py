@@ -1,0 +1,222 @@
+"""TensorFlow Serving's REST API over a `ModelSource`: status, metadata, predict.
+
+Paths, JSON shapes, error texts and status codes follow TensorFlow Serving's
+``http_rest_api_handler.cc`` and ``http_rest_api_util.cc``: every ``/v1/...``
+request is matched against its two patterns, and an error is answered
+``{"error": "..."}`` with the status of its TensorFlow code (`HTTP_STATUS`).
+No request gets a 500: what nothing expected is logged and answered 503.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ._json_tensor import (
+    JsonTensorError,
+    decode_inputs,
+    encode_outputs,
+    error_body,
+    loads_request,
+    signature_name_of,
+)
+from ._serve_app import NO_SNIFF, Refused, _authorize, _read_body
+from ._serve_trainer import ServiceConfig
+from ._signature import (
+    ServingError,
+    find_signature,
+    invalid_argument,
+    not_found,
+    servable_not_found,
+    serving_error_of,
+)
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from ._signature import ModelSource
+
+logger = logging.getLogger("asyncsess.serve")
+
+# TensorFlow Serving's kPredictionApiGegex and kModelStatusApiRegex.
+_PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r":(classify|regress|predict)",
+    re.IGNORECASE,
+)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata))?",
+    re.IGNORECASE,
+)
+_INT64_MAX = 2**63 - 1
+# Every method reaches `handle`, which answers the ones it does not take.
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+JSON_TYPE = "application/json"
+
+
+class RequestObserver(Protocol):
+    """Where the routes report each answered request (Prometheus metrics)."""
+
+    def observe(self, api: str, status: int, seconds: float) -> None:
+        """One request of *api* answered with *status* after *seconds*."""
+
+
+class ModelRoutes:
+    """The ``/v1/models/...`` routes of one `ModelSource`.
+
+    ``GET`` routes need no token; ``POST`` (predict) needs ``Authorization:
+    Bearer TOKEN`` when *token* is set (401 otherwise) and a body of at most
+    *max_body_bytes* (413 above).
+
+    Cancellation: a request cancelled mid-prediction (the client went away)
+    cancels its `ServedVersion.predict`; the version keeps serving.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        token: str | None = None,
+        max_body_bytes: int = 16 << 20,
+        observer: RequestObserver | None = None,
+    ) -> None:
+        self.source = source
+        self.max_body_bytes = max_body_bytes
+        self.observer = observer
+        self._auth = ServiceConfig(logdir="", token=token or None)
+
+    def routes(self) -> list[Route]:
+        """The Starlette routes: every method of every ``/v1/`` path."""
+        return [Route("/v1/{rest:path}", self.handle, methods=_METHODS)]
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one ``/v1/`` request; never raises (but cancellation)."""
+        started = time.perf_counter()
+        api = "predict" if request.method == "POST" else "status"
+        try:
+            api, body = await self._dispatch(request)
+            response = Response(body, media_type=JSON_TYPE, headers=NO_SNIFF)
+        except Exception as exc:  # every error gets an answer, never a 500
+            response = _error_response(exc, request)
+        if self.observer is not None:
+            self.observer.observe(
+                api, response.status_code, time.perf_counter() - started
+            )
+        return response
+
+    async def _dispatch(self, request: Request) -> tuple[str, bytes]:
+        method, path = request.method, request.url.path
+        if method == "POST":
+            _authorize(request, self._auth)
+            match = _PREDICT_PATH.fullmatch(path)
+            spec = None if match is None else _spec(match)
+            if match is not None and match[4] == "predict":
+                assert spec is not None
+                return "predict", await self._predict(request, *spec)
+            if match is not None and match[4] in ("classify", "regress"):
+                raise ServingError(
+                    "UNIMPLEMENTED",
+                    f"The :{match[4]} API is not served; use :predict with the "
+                    "signature's inputs (its serialized tf.Example strings as "
+                    '{"b64": ...}).',
+                )
+        elif method in ("GET", "HEAD"):
+            match = _STATUS_PATH.fullmatch(path)
+            if match is not None:
+                if not match[1]:
+                    raise invalid_argument("Missing model name in request.")
+                name, version = _spec(match)
+                if match[4] == "metadata":
+                    return "metadata", await self._metadata(name, version)
+                return "status", self._status(name, version)
+        else:
+            raise Refused(
+                405,
+                f"Method {method} is not allowed: the REST API takes GET (status, "
+                "metadata) and POST (predict).",
+                {"Allow": "GET, HEAD, POST"},
+            )
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    def _status(self, name: str, version: int | None) -> bytes:
+        statuses = self.source.statuses() if name == self.source.name else []
+        if version is not None:
+            statuses = [s for s in statuses if s.version == version]
+            if not statuses:
+                raise not_found(f"Could not find version {version} of model {name}")
+        elif not statuses:
+            raise not_found(f"Could not find any versions of model {name}")
+        document = {"model_version_status": [s.to_json() for s in statuses]}
+        return json.dumps(document, indent=1).encode()
+
+    async def _metadata(self, name: str, version: int | None) -> bytes:
+        async with self._use(name, version) as served:
+            signatures = {n: s.metadata() for n, s in served.signatures.items()}
+            document = {
+                "model_spec": {
+                    "name": name,
+                    "signature_name": "",
+                    "version": str(served.version),
+                },
+                "metadata": {"signature_def": {"signature_def": signatures}},
+            }
+        return json.dumps(document, indent=1).encode()
+
+    async def _predict(self, request: Request, name: str, version: int | None) -> bytes:
+        body = await _read_body(request, self.max_body_bytes)
+        document = loads_request(body)
+        signature_name = signature_name_of(document)
+        async with self._use(name, version) as served:
+            signature = find_signature(served.signatures, signature_name)
+            fmt, inputs = decode_inputs(document, signature.input_specs())
+            outputs = await served.predict(signature.name, inputs)
+        return encode_outputs(outputs, fmt)
+
+    def _use(self, name: str, version: int | None) -> Any:
+        if name != self.source.name:
+            raise servable_not_found(name, version)
+        return self.source.use(version)
+
+
+def _spec(match: re.Match[str]) -> tuple[str, int | None]:
+    """The model name and version (None: the latest) a path names."""
+    name, version, label = match[1] or "", match[2], match[3]
+    if label is not None:
+        raise invalid_argument(f"Unrecognized servable version label: {label}")
+    if version is None:
+        return name, None
+    number = int(version)
+    if number > _INT64_MAX:
+        raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+    return name, number
+
+
+def _error_response(exc: Exception, request: Request) -> Response:
+    headers = dict(NO_SNIFF)
+    if isinstance(exc, Refused):
+        status, message = exc.status, exc.detail
+        headers.update(exc.headers)
+    elif isinstance(exc, JsonTensorError):
+        status, message = 400, str(exc)
+    else:
+        error = serving_error_of(exc)
+        if error is None:
+            logger.exception(
+                "Unexpected error answering %s %s", request.method, request.url.path
+            )
+            error = ServingError(
+                "UNAVAILABLE",
+                f"The model could not answer this request ({type(exc).__name__}: "
+                f"{exc}); the error is logged on the server.",
+            )
+        status, message = error.status, str(error)
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
+    return Response(error_body(message), status, headers=headers, media_type=JSON_TYPE)

@@ -1,0 +1,341 @@
+"""TensorFlow Serving's base path: the newest version served, newer ones swapped in.
+
+`ModelVersions` is the `ModelSource` of ``serve --saved-model``. It serves the
+highest numeric version folder that loads, polls for higher ones, loads a new
+one in the background while the old one serves, swaps it in for new requests,
+lets the old one finish its requests and closes it. A version that fails to
+load is logged, shown in the status with its error, and not tried again until
+its files change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._exceptions import collapse
+from ._saved_model import is_saved_model
+from ._signature import (
+    ServedVersion,
+    VersionState,
+    VersionStatus,
+    code_name,
+    servable_not_found,
+)
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractAsyncContextManager
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+    #: Opens version *number* at *path*, served for the time of the block.
+    OpenVersion = Callable[[str, int], AbstractAsyncContextManager[ServedVersion]]
+
+logger = logging.getLogger("asyncsess.serve")
+
+_VERSION_NAME = re.compile(r"\d+")
+_INT64_MAX = 2**63 - 1
+#: Versions kept in the status after they ended (TF Serving keeps them all).
+_ENDED_KEPT = 16
+
+
+def versions_at(path: str) -> dict[int, str]:
+    """The SavedModel versions under *path*: ``{number: folder}``.
+
+    *path* itself a SavedModel: one version, its folder name's number (1 if the
+    name is not a number). Otherwise TensorFlow Serving's base-path layout: each
+    subfolder named by a number that holds a ``saved_model.pb`` (a folder still
+    being written, without one, is not a version yet).
+    """
+    if is_saved_model(path):
+        return {version_of(path): path}
+    found = {}
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if _VERSION_NAME.fullmatch(entry.name) and entry.is_dir():
+                number = int(entry.name)
+                if number <= _INT64_MAX and is_saved_model(entry.path):
+                    found[number] = entry.path
+    return found
+
+
+def version_of(saved_model_dir: str) -> int:
+    """The version number of a SavedModel folder: its name's number, else 1."""
+    name = os.path.basename(os.path.normpath(saved_model_dir))
+    return int(name) if _VERSION_NAME.fullmatch(name) else 1
+
+
+def fingerprint(path: str) -> tuple[tuple[str, int, int], ...]:
+    """The files of *path* with their sizes and times: changes when it is rewritten."""
+    files = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            try:
+                stat = os.stat(full)
+            except OSError:
+                continue
+            files.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(files))
+
+
+@dataclass(eq=False)
+class _Version:
+    """One version's life: loading, serving, retiring, ended (or failed)."""
+
+    number: int
+    path: str
+    state: VersionState = VersionState.LOADING
+    error_code: str = "OK"
+    error_message: str = ""
+    served: ServedVersion | None = None
+    inflight: int = 0
+    retire: anyio.Event = field(default_factory=anyio.Event)
+    idle: anyio.Event = field(default_factory=anyio.Event)
+
+    def status(self) -> VersionStatus:
+        return VersionStatus(
+            self.number, self.state, self.error_code, self.error_message
+        )
+
+
+class ModelVersions:
+    """The versions of a model under a path, as TensorFlow Serving serves them.
+
+    Use it inside `running` (an app's lifespan): entering loads the highest
+    version that loads, then a background task polls every *poll_secs* for a
+    higher one (only for a base path; a SavedModel folder is served as is).
+
+    Args:
+      path: A SavedModel folder, or a base path of numeric version folders.
+      name: The model's name.
+      open_version: ``open_version(folder, number)``: an async context manager
+        serving that version (`asyncsess._saved_model.open_saved_model`).
+      poll_secs: Seconds between looks for a newer version (inf: never).
+      retire_grace_secs: Longest a replaced version waits for its requests
+        before it is closed anyway.
+
+    Cancellation: `running` owns the version tasks; leaving it (or cancelling
+    it) retires every version, waits for their requests (bounded by
+    *retire_grace_secs*) and closes them. A load in progress is abandoned when
+    its graph import ends.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        name: str,
+        open_version: OpenVersion,
+        poll_secs: float = 1.0,
+        retire_grace_secs: float = 30.0,
+    ) -> None:
+        self.path = path
+        self._name = name
+        self._open = open_version
+        self.poll_secs = poll_secs
+        self.retire_grace_secs = retire_grace_secs
+        self._versions: dict[int, _Version] = {}
+        self._current: _Version | None = None
+        self._failed: dict[int, Any] = {}
+        #: Versions loaded, versions that failed to load, looks for new ones.
+        self.loads = 0
+        self.load_failures = 0
+        self.polls = 0
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self._name
+
+    @property
+    def current(self) -> ServedVersion | None:
+        """The version new requests go to (None before the first load)."""
+        return None if self._current is None else self._current.served
+
+    def statuses(self) -> list[VersionStatus]:
+        """Every version known, newest first."""
+        return [
+            self._versions[n].status() for n in sorted(self._versions, reverse=True)
+        ]
+
+    @asynccontextmanager
+    async def use(self, version: int | None) -> AsyncIterator[ServedVersion]:
+        """Hold *version* (None: the newest) while the block runs.
+
+        Raises:
+          ServingError: NOT_FOUND, that version does not serve (now).
+        """
+        entry = self._current if version is None else self._versions.get(version)
+        if entry is None or entry.state is not VersionState.AVAILABLE:
+            raise servable_not_found(self._name, version)
+        served = entry.served
+        assert served is not None
+        entry.inflight += 1
+        try:
+            yield served
+        finally:
+            entry.inflight -= 1
+            if entry.inflight == 0 and entry.state is not VersionState.AVAILABLE:
+                entry.idle.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ModelVersions]:
+        """Serve: load the newest version that loads, watch for newer ones.
+
+        Raises:
+          RuntimeError: no version under the path loads (each one's error is
+            logged).
+          OSError: the path cannot be read.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                await self._load_first(tg)
+                watch = anyio.CancelScope()
+                if math.isfinite(self.poll_secs) and not is_saved_model(self.path):
+                    tg.start_soon(self._watch, tg, watch)
+                try:
+                    yield self
+                finally:
+                    watch.cancel()
+                    for entry in self._versions.values():
+                        entry.retire.set()
+        except BaseExceptionGroup as group:
+            error = collapse(group)
+            if error is group:
+                raise
+            raise error from None
+
+    async def _load_first(self, tg: TaskGroup) -> None:
+        found = await anyio.to_thread.run_sync(versions_at, self.path)
+        for number in sorted(found, reverse=True):
+            if await self._load(tg, number, found[number]):
+                return
+        tried = ", ".join(
+            f"version {v.number}: {v.error_message}" for v in self._versions.values()
+        )
+        raise RuntimeError(
+            f"No version of model {self._name!r} under {self.path} could be loaded"
+            + (f" ({tried})." if tried else ": it holds no SavedModel.")
+        )
+
+    async def _watch(self, tg: TaskGroup, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await anyio.sleep(self.poll_secs)
+                try:
+                    found = await anyio.to_thread.run_sync(versions_at, self.path)
+                except OSError as exc:
+                    logger.warning(
+                        "Cannot look for new versions in %s: %s", self.path, exc
+                    )
+                else:
+                    await self._load_newer(tg, found)
+                self.polls += 1
+
+    async def _load_newer(self, tg: TaskGroup, found: dict[int, str]) -> None:
+        """Load the newest version in *found* above the current one that loads."""
+        newest = -1 if self._current is None else self._current.number
+        for number in sorted(found, reverse=True):
+            if number <= newest:
+                return
+            if await self._load(tg, number, found[number]):
+                return
+
+    async def _load(self, tg: TaskGroup, number: int, path: str) -> bool:
+        """Load version *number*; swap it in. False if it failed (or failed before)."""
+        files = await anyio.to_thread.run_sync(fingerprint, path)
+        if self._failed.get(number) == files:
+            return False  # the same files failed before: not again every poll
+        entry = self._versions[number] = _Version(number, path)
+        logger.info("Loading version %d of model %s from %s", number, self._name, path)
+        try:
+            await tg.start(self._serve, entry)
+        except Exception as exc:
+            self._failed[number] = files
+            self.load_failures += 1
+            entry.state = VersionState.END
+            entry.error_code = _error_code(exc)
+            entry.error_message = f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "Version %d of model %s failed to load; %s: %s",
+                number,
+                self._name,
+                "keeping the version serving" if self._current else "skipping it",
+                entry.error_message,
+            )
+            return False
+        self.loads += 1
+        self._swap(entry)
+        return True
+
+    def _swap(self, entry: _Version) -> None:
+        """New requests go to *entry*; the version it replaces retires."""
+        old, self._current = self._current, entry
+        if old is not None:
+            old.state = VersionState.UNLOADING
+            if old.inflight == 0:
+                old.idle.set()
+            old.retire.set()
+            logger.info(
+                "Version %d of model %s serves; version %d retires",
+                entry.number,
+                self._name,
+                old.number,
+            )
+        else:
+            logger.info("Version %d of model %s serves", entry.number, self._name)
+        self._forget_ended()
+
+    def _forget_ended(self) -> None:
+        ended = [n for n, v in self._versions.items() if v.state is VersionState.END]
+        for number in sorted(ended)[:-_ENDED_KEPT]:
+            del self._versions[number]
+
+    async def _serve(
+        self, entry: _Version, *, task_status: TaskStatus[ServedVersion]
+    ) -> None:
+        """Open *entry*, serve it until it retires and its requests are done."""
+        started = False
+        try:
+            async with self._open(entry.path, entry.number) as served:
+                entry.served = served
+                entry.state = VersionState.AVAILABLE
+                started = True
+                task_status.started(served)
+                await entry.retire.wait()
+                entry.state = VersionState.UNLOADING
+                if entry.inflight:
+                    with anyio.move_on_after(self.retire_grace_secs):
+                        await entry.idle.wait()
+        except Exception:
+            if not started:
+                raise
+            logger.exception(
+                "Closing version %d of model %s failed", entry.number, self._name
+            )
+        finally:
+            if started:
+                entry.state = VersionState.END
+                entry.served = None
+                logger.info("Version %d of model %s closed", entry.number, self._name)
+
+
+def _error_code(exc: BaseException) -> str:
+    """TensorFlow's code name for a load error (UNKNOWN for a non-TF error)."""
+    error_code = getattr(exc, "error_code", None)
+    if isinstance(error_code, int):
+        return code_name(error_code)
+    return "NOT_FOUND" if isinstance(exc, FileNotFoundError) else "UNKNOWN"
