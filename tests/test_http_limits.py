@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from asyncsess._asgi_guard import QuietDisconnects  # noqa: E402
 from asyncsess._http_protocol import guarded_protocol  # noqa: E402
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ async def serving(
         head_timeout=head, body_timeout=body, max_connections=most
     )
     config = uvicorn.Config(
-        APP,
+        QuietDisconnects(APP),
         http=protocol,
         lifespan="off",
         log_config=None,
@@ -151,3 +153,22 @@ async def test_past_max_connections_a_connection_gets_503() -> None:
         await anyio.sleep(0.2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/status")).status_code == 200
+
+
+async def test_a_client_leaving_mid_body_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        async with serving() as port:
+            for _ in range(3):
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                await stream.send(
+                    b"POST /echo HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                    b"content-length: 1000\r\n\r\nabc"
+                )
+                await anyio.sleep(0.1)
+                await stream.aclose()
+            await anyio.sleep(0.3)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert caplog.text.count("disconnected during POST /echo") == 3
