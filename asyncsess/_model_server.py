@@ -24,11 +24,12 @@ from starlette.routing import Route
 
 from ._batch_stats import BatchStats
 from ._json_tensor import error_body
+from ._model_graph import is_saved_model
 from ._model_metrics import ModelMetrics
 from ._model_openapi import openapi_document
 from ._model_routes import JSON_TYPE, ModelRoutes
 from ._model_versions import ModelVersions, versions_at
-from ._saved_model import is_saved_model, open_saved_model
+from ._saved_model import open_saved_model
 from ._serve_app import NO_SNIFF, PROMETHEUS_TEXT
 
 if TYPE_CHECKING:

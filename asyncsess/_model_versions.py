@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._exceptions import collapse
-from ._saved_model import is_saved_model
+from ._model_graph import is_saved_model
 from ._signature import (
     ServedVersion,
     VersionState,

@@ -10,12 +10,8 @@ import pytest
 import tensorflow as tf
 
 from asyncsess._batch_stats import BatchStats
-from asyncsess._saved_model import (
-    SavedModelCreator,
-    import_saved_model,
-    is_saved_model,
-    open_saved_model,
-)
+from asyncsess._model_graph import import_saved_model, is_saved_model
+from asyncsess._saved_model import SavedModelCreator, open_saved_model
 from asyncsess._signature import ServingError, serving_error_of
 from tests import _models
 
