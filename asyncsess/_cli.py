@@ -31,6 +31,17 @@ final checkpoint (a shell reports 130 or 143).
 """
 
 
+SERVE_DESCRIPTION = """\
+Serve over HTTP, in one of three modes:
+  serve                        the demo model, training in the background
+  serve MODULE:FACTORY         a graph your factory builds: served, and trained
+                               if the factory gives a train op
+  serve --saved-model DIR      a SavedModel over TensorFlow Serving's REST API
+                               (DIR: the model, or a base path of numeric
+                               versions; newer versions are swapped in live)
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with *argv* (``sys.argv[1:]`` by default); the status."""
     parser = build_parser()
@@ -122,10 +133,86 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
-        help="an HTTP service training in the background (needs asyncsess[serve])",
-        description="Serve the demo model over HTTP while it trains.",
+        help="an HTTP service: the demo, your own graph, or a SavedModel "
+        "(needs asyncsess[serve])",
+        description=SERVE_DESCRIPTION,
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "target",
+        nargs="?",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="serve (and optionally train) the graph a factory of yours builds, "
+        "named as uvicorn names apps (default: the demo model)",
+    )
+    serve.add_argument(
+        "--saved-model",
+        default=None,
+        metavar="DIR",
+        help="serve a SavedModel (or TensorFlow Serving's base path of numeric "
+        "versions) over TensorFlow Serving's REST API",
+    )
+    serve.add_argument(
+        "--model-name",
+        default=None,
+        metavar="NAME",
+        help="the model's name in /v1/models/NAME (default: DIR's base name)",
+    )
+    serve.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="most rows one batched device step runs (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--batch-timeout-ms",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="MS",
+        help="longest a request waits for others to batch with (default: "
+        "%(default)s; less when the device is idle)",
+    )
+    serve.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="one device step per request",
+    )
+    limits = serve.add_argument_group(
+        "connection limits",
+        "Clients that connect and send nothing, or trickle a request in, are "
+        "disconnected after these timeouts; past --max-connections a new "
+        "connection is answered 503 with Retry-After.",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=_default_max_connections(),
+        metavar="N",
+        help="most open connections (default: %(default)s, under the open-file limit)",
+    )
+    limits.add_argument(
+        "--timeout-header",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds a request head may take to arrive (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--timeout-body",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a request body may take after its head (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--timeout-keep-alive",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     serve.add_argument(
@@ -146,6 +233,16 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks argparse cannot express; failures exit with status 2."""
+    if getattr(args, "target", None) and getattr(args, "saved_model", None):
+        parser.error(
+            "serve takes MODULE:FACTORY or --saved-model DIR, not both; "
+            f"received: target={args.target!r}, --saved-model={args.saved_model!r}"
+        )
+    if getattr(args, "target", None) and ":" not in args.target:
+        parser.error(
+            f"the target must look like MODULE:FACTORY (as uvicorn's app strings "
+            f"do, e.g. mypkg.model:build); received: {args.target!r}"
+        )
     if getattr(args, "backend", None) == "trio" and not _installed("trio"):
         parser.error(
             "--backend trio needs the trio package; "
@@ -229,6 +326,33 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0")
+    return value
+
+
+def _default_max_connections() -> int:
+    """1000, or less where the open-file limit would not allow that many."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - Windows
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        return 1000
+    return max(16, min(1000, soft - 100))
 
 
 def _port(text: str) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, build_parser
@@ -52,15 +53,68 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     if problem is not None:
         sys.stderr.write(f"asyncsess serve: error: {problem}\n")
         return EXIT_USAGE
+    try:
+        app = _create_app(args, token)
+    except ServeSetupError as exc:
+        sys.stderr.write(f"asyncsess serve: error: {exc}\n")
+        return EXIT_ERROR
+    return serve(app, args.host, args.port, HTTPLimits.from_args(args))
+
+
+class ServeSetupError(Exception):
+    """What to serve cannot be served (a factory or model that does not load)."""
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts_for(host: str) -> tuple[str, ...] | None:
+    """The Host headers an app bound to *host* answers (None: the loopback names).
+
+    Any name for a non-loopback address (the token guards it); the loopback
+    names, and *host* itself when it is another loopback address (127.0.0.2).
+    """
+    if not is_loopback(host):
+        return ("*",)
+    if host in LOOPBACK_HOSTS:
+        return None
+    return (*LOOPBACK_HOSTS, host)
+
+
+def _create_app(args: argparse.Namespace, token: str | None) -> Starlette:
+    allowed_hosts = allowed_hosts_for(args.host)
+    if getattr(args, "saved_model", None):
+        from ._model_server import create_model_app
+
+        return create_model_app(
+            args.saved_model,
+            model_name=args.model_name,
+            token=token,
+            batching=not args.no_batching,
+            max_batch_size=args.max_batch_size,
+            batch_timeout_secs=args.batch_timeout_ms / 1000,
+            allowed_hosts=allowed_hosts,
+        )
+    if getattr(args, "target", None):
+        from ._serve_factory import create_factory_app
+
+        return create_factory_app(
+            args.target,
+            logdir=args.logdir,
+            token=token,
+            batching=not args.no_batching,
+            max_batch_size=args.max_batch_size,
+            batch_timeout_secs=args.batch_timeout_ms / 1000,
+            allowed_hosts=allowed_hosts,
+        )
     from ._serve_app import create_app
 
-    app = create_app(
+    return create_app(
         args.logdir,
         token=token,
         input_dim=getattr(args, "input_dim", 4),
-        allowed_hosts=None if is_loopback(args.host) else ("*",),
+        allowed_hosts=allowed_hosts,
     )
-    return serve(app, args.host, args.port)
 
 
 def is_loopback(host: str) -> bool:
@@ -87,20 +141,58 @@ def bind_problem(host: str, token: str | None) -> str | None:
     return None
 
 
-def serve(app: Starlette, host: str, port: int) -> int:
+@dataclass(frozen=True)
+class HTTPLimits:
+    """How long a client may take and how many may connect (``serve --help``)."""
+
+    max_connections: int = 1000
+    timeout_keep_alive: float = 5.0
+    timeout_header: float = 10.0
+    timeout_body: float = 30.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> HTTPLimits:
+        return cls(
+            max_connections=getattr(args, "max_connections", cls.max_connections),
+            timeout_keep_alive=getattr(
+                args, "timeout_keep_alive", cls.timeout_keep_alive
+            ),
+            timeout_header=getattr(args, "timeout_header", cls.timeout_header),
+            timeout_body=getattr(args, "timeout_body", cls.timeout_body),
+        )
+
+
+def serve(
+    app: Starlette, host: str, port: int, limits: HTTPLimits | None = None
+) -> int:
     """Serve *app* with uvicorn until SIGINT/SIGTERM; the exit status.
 
     The first signal shuts down gracefully: uvicorn stops accepting requests and
     the app's lifespan ends training after the current step (final checkpoint).
+    Signals after that are logged and ignored, so the status stays 0.
     """
     import uvicorn
 
+    from ._asgi_guard import QuietDisconnects
+    from ._http_protocol import guarded_protocol
+
+    limits = limits or HTTPLimits()
     config = uvicorn.Config(
-        app,
+        QuietDisconnects(app),
         host=host,
         port=port,
         lifespan="on",
-        limit_concurrency=64,
+        http=guarded_protocol(
+            head_timeout=limits.timeout_header,
+            body_timeout=limits.timeout_body,
+            max_connections=limits.max_connections,
+        ),
+        # Connections are limited by the protocol, requests by the app: a slot
+        # per connection (uvicorn's limit_concurrency) lets idle sockets lock
+        # every route out.
+        limit_concurrency=None,
+        # uvicorn annotates an int, and hands it to loop.call_later: a float works.
+        timeout_keep_alive=limits.timeout_keep_alive,  # type: ignore[arg-type]
         timeout_graceful_shutdown=10,
         server_header=False,
         proxy_headers=False,
@@ -112,23 +204,25 @@ def serve(app: Starlette, host: str, port: int) -> int:
     except SystemExit:  # uvicorn logged why
         return EXIT_ERROR
     # uvicorn re-raises the signal that stopped it once it is done; these
-    # handlers take it, so a graceful shutdown exits 0 instead of dying of it.
-    previous = {sig: signal.signal(sig, _after_shutdown) for sig in _SIGNALS}
+    # handlers take it and any later one (the process is on its way out), so
+    # a graceful shutdown exits 0 instead of dying of a signal.
+    for sig in _SIGNALS:
+        signal.signal(sig, _after_shutdown)
     try:
         server.run(sockets=[sock])
     except SystemExit:  # the lifespan failed to start; uvicorn logged why
         return EXIT_ERROR
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sock.close()
     return _outcome(app, server.started)
 
 
 def _outcome(app: Starlette, started: bool) -> int:
-    trainer = app.state.trainer
     if not started:
         return EXIT_ERROR
+    trainer = getattr(app.state, "trainer", None)
+    if trainer is None:  # nothing trained (a SavedModel, a serve-only factory)
+        return EXIT_OK
     if trainer.error is not None:
         logger.error("Training had failed: %s", trainer.error)
         return EXIT_ERROR
@@ -137,4 +231,4 @@ def _outcome(app: Starlette, started: bool) -> int:
 
 
 def _after_shutdown(signum: int, frame: FrameType | None) -> None:
-    logger.debug("%s received after shutdown", signal.Signals(signum).name)
+    logger.info("%s received after the shutdown; exiting", signal.Signals(signum).name)

@@ -74,6 +74,44 @@ class TestUsage:
         assert "usage: python -m asyncsess" in out
         assert "exit status:" in out
 
+    def test_serve_help_documents_the_modes_and_limits(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with pytest.raises(SystemExit):
+            _cli.main(["serve", "--help"])
+        out = capsys.readouterr().out
+        for option in (
+            "MODULE:FACTORY",
+            "--saved-model DIR",
+            "--model-name NAME",
+            "--max-batch-size N",
+            "--batch-timeout-ms MS",
+            "--no-batching",
+            "--max-connections N",
+            "--timeout-header S",
+            "--timeout-body S",
+            "--timeout-keep-alive S",
+        ):
+            assert option in out
+
+    @pytest.mark.parametrize(
+        ("host", "allowed"),
+        [
+            ("127.0.0.1", None),
+            ("localhost", None),
+            ("::1", None),
+            ("127.0.0.2", ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2")),
+            ("0.0.0.0", ("*",)),
+            ("10.1.2.3", ("*",)),
+        ],
+    )
+    def test_serve_answers_the_host_it_listens_on(
+        self, host: str, allowed: tuple[str, ...] | None
+    ) -> None:
+        from asyncsess._serve import allowed_hosts_for
+
+        assert allowed_hosts_for(host) == allowed
+
     def test_demo_help_documents_the_options(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -100,6 +138,15 @@ class TestUsage:
             (["demo", "--logdir", ""], "--logdir must not be empty"),
             (["demo", "--bogus"], "unrecognized arguments: --bogus"),
             (["serve", "--port", "70000"], "must be between 1 and 65535"),
+            (["serve", "--max-connections", "0"], "must be >= 1, got 0"),
+            (["serve", "--timeout-header", "0"], "must be > 0"),
+            (["serve", "--timeout-body", "-2"], "must be a finite number >= 0"),
+            (["serve", "--max-batch-size", "0"], "must be >= 1, got 0"),
+            (["serve", "mymodel"], "must look like MODULE:FACTORY"),
+            (
+                ["serve", "pkg.mod:build", "--saved-model", "/m"],
+                "MODULE:FACTORY or --saved-model DIR, not both",
+            ),
         ],
     )
     def test_bad_arguments_exit_2_with_a_message(

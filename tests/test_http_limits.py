@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn's
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def status(request: Request) -> JSONResponse:
@@ -172,3 +178,38 @@ async def test_a_client_leaving_mid_body_logs_no_error(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert caplog.text.count("disconnected during POST /echo") == 3
+
+
+async def test_serve_on_another_loopback_address_answers_it(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "asyncsess", "serve", "--host", "127.0.0.2"]
+    command += ["--port", str(port), "--logdir", str(tmp_path / "run")]
+    process = await anyio.open_process(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    errors: list[bytes] = []
+
+    async def drain() -> None:
+        assert process.stderr is not None
+        errors.extend([chunk async for chunk in process.stderr])
+
+    async with process, anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        url = f"http://127.0.0.2:{port}"
+        async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
+            with anyio.fail_after(90):
+                while True:
+                    assert process.returncode is None, b"".join(errors).decode()
+                    try:
+                        answer = await client.get("/status")
+                        break
+                    except httpx.TransportError:
+                        await anyio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            code = await process.wait()
+    assert answer.status_code == 200, answer.text
+    assert code == 0, b"".join(errors).decode(errors="replace")
