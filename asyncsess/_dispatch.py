@@ -1,15 +1,19 @@
 """The hook dispatcher: classifies hooks once, then calls them for each phase.
 
-At construction every hook is sorted into async (asyncsess.SessionRunHook) or sync
-(TensorFlow's SessionRunHook), and for each phase we record only the hooks that
-override it, so a phase nobody overrides costs nothing. Async hooks of one phase
-run concurrently (a task group only when more than one runs); sync hooks run in
-list order on the session's worker thread, batched with the device step.
+At construction every hook is sorted into async (asyncsess.SessionRunHook, or a
+duck-typed hook with an ``async def`` method) or sync (TensorFlow's SessionRunHook,
+or a duck-typed hook with plain methods), and for each phase we record only the
+hooks that override it, so a phase nobody overrides costs nothing. Async hooks of
+one phase run concurrently (a task group only when more than one runs); sync hooks
+run in list order on the session's worker thread, batched with the device step.
+An async hook whose method holds the loop too long in a step is logged once.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from ._exceptions import end_of_input, explain_finalized, tag_source
-from ._graph import _drive, graph_context, in_graph
+from ._graph import _drive, graph_context
 from ._hook import SessionRunHook, describe, hook_name
 from ._stop import current_hook
 from ._tf import TFSessionRunHook
@@ -29,6 +33,18 @@ if TYPE_CHECKING:
     from ._worker import WorkerThread
 
 PHASES = ("begin", "after_create_session", "before_run", "after_run", "end", "on_error")
+#: TensorFlow's hook methods: a duck-typed hook has at least one of these.
+TF_METHODS = PHASES[:5]
+#: The phases whose async hook methods are timed (they run on every step).
+TIMED = frozenset({"before_run", "after_run"})
+#: Seconds an async hook method may hold the event loop (run without awaiting) in
+#: a step before it is logged, once per hook and phase. A fixed bound, not one
+#: relative to the step: whatever the step's length, the loop's other tasks (a
+#: server's requests, say) wait all that time.
+HELD_LOOP_SECS = 0.1
+
+logger = logging.getLogger("asyncsess")
+_clock = time.perf_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +62,8 @@ class HookEntry:
     #: Per phase, how many calls in a row finished without suspending; once it
     #: reaches _QUIET the hook is probed without a cancel scope of its own.
     quiet: dict[str, int] = field(default_factory=dict)
+    #: The phases already logged for holding the event loop (see `held_loop`).
+    held: set[str] = field(default_factory=set)
 
 
 def _overrides(hook: Any, base: type, name: str) -> bool:
@@ -58,17 +76,7 @@ def classify(hooks: Sequence[Any]) -> list[HookEntry]:
     entries: list[HookEntry] = []
     slot = 0
     for hook in hooks:
-        if isinstance(hook, SessionRunHook):
-            base: type = SessionRunHook
-            is_async = True
-        elif isinstance(hook, TFSessionRunHook):
-            base, is_async = TFSessionRunHook, False
-        else:
-            raise TypeError(
-                f"Hook {describe(hook)} is neither an asyncsess.SessionRunHook nor a "
-                "tf.compat.v1.train.SessionRunHook; subclass one of them."
-            )
-        phases = frozenset(p for p in PHASES if _overrides(hook, base, p))
+        phases, is_async = _kind(hook)
         request_slot = -1
         if "before_run" in phases:
             request_slot, slot = slot, slot + 1
@@ -79,16 +87,71 @@ def classify(hooks: Sequence[Any]) -> list[HookEntry]:
     return entries
 
 
+def _kind(hook: Any) -> tuple[frozenset[str], bool]:
+    """The phases *hook* takes part in, and whether it is an async hook."""
+    if isinstance(hook, SessionRunHook):
+        return frozenset(p for p in PHASES if _overrides(hook, SessionRunHook, p)), True
+    if isinstance(hook, TFSessionRunHook):
+        phases = frozenset(p for p in PHASES if _overrides(hook, TFSessionRunHook, p))
+        _refuse_async_tf_hook(hook, phases)
+        return phases, False
+    if isinstance(hook, type):
+        raise TypeError(
+            f"Hook {describe(hook)} is neither an asyncsess.SessionRunHook nor a "
+            "tf.compat.v1.train.SessionRunHook instance: it is a class; pass an "
+            f"instance (call it: {hook.__name__}(...))."
+        )
+    # Duck-typed, as TensorFlow allows: the hook methods it has, async if any of
+    # them is ``async def`` (its plain methods then run on the loop, as an
+    # asyncsess.SessionRunHook's do), else a sync hook run on the worker thread.
+    phases = frozenset(p for p in PHASES if callable(getattr(hook, p, None)))
+    if not phases & set(TF_METHODS):
+        raise TypeError(
+            f"Hook {describe(hook)} is neither an asyncsess.SessionRunHook nor a "
+            "tf.compat.v1.train.SessionRunHook, and has none of their methods "
+            f"({', '.join(TF_METHODS)}); subclass asyncsess.SessionRunHook."
+        )
+    return phases, bool(_async_methods(hook, phases))
+
+
+def _async_methods(hook: Any, phases: frozenset[str]) -> list[str]:
+    """*hook*'s methods among *phases* that are ``async def``, in phase order."""
+    return [
+        p
+        for p in PHASES
+        if p in phases and inspect.iscoroutinefunction(getattr(hook, p))
+    ]
+
+
+def _refuse_async_tf_hook(hook: Any, phases: frozenset[str]) -> None:
+    """TypeError for a TF hook with ``async def`` methods: nobody would await them."""
+    methods = _async_methods(hook, phases)
+    if methods:
+        names = ", ".join(f"{m}()" for m in methods[:-1])
+        names = f"{names} and {methods[-1]}()" if names else f"{methods[0]}()"
+        raise TypeError(
+            f"Hook {describe(hook)} subclasses tf.compat.v1.train.SessionRunHook but "
+            f"its {names} {'is' if len(methods) == 1 else 'are'} async def: "
+            "TensorFlow's hooks are called without await, so they would never run. "
+            "Subclass asyncsess.SessionRunHook instead."
+        )
+
+
 async def call_async(entry: HookEntry, phase: str, graph: Any, *args: Any) -> Any:
     """Call an async hook's method inside the graph, tagging what it raises."""
     token = current_hook.set(entry.hook)
     try:
+        start = _clock()
         with graph_context(graph):  # a plain method's whole body, a coroutine's start
             result = getattr(entry.hook, phase)(*args)
         if type(result) is not types.CoroutineType and inspect.isawaitable(result):
             result = _await(result)  # so that it, too, runs inside the graph
         if type(result) is types.CoroutineType:
-            result = await in_graph(result, graph)
+            if phase in TIMED:
+                result = _Timed(result, entry, phase)
+            result = await _drive(result, graph)
+        elif phase in TIMED:
+            held_loop(entry, phase, _clock() - start)
         return result
     except BaseException as exc:
         raise _tagged(exc, entry, phase)  # noqa: B904 (exc, or caused by it)
@@ -155,8 +218,11 @@ def _first_steps(
 ) -> tuple[int, Any, Any, Any] | None:
     """Run each hook's first step until one suspends: (index, coro, yielded, scope).
 
-    The hooks before it have finished and their results are in *results*.
+    The hooks before it have finished and their results are in *results*. Each
+    hook is timed from the previous one's end: one clock read a hook.
     """
+    clock, bound = _clock, HELD_LOOP_SECS
+    start = clock()
     for index, entry in enumerate(entries):
         quiet = entry.quiet.get(phase, 0)
         if quiet >= _QUIET:
@@ -178,11 +244,16 @@ def _first_steps(
                     result = stop.value
                 else:
                     entry.quiet[phase] = 0
+                    held_loop(entry, phase, clock() - start)
                     return index, coro, yielded, scope
             results[index] = result  # a plain method's value, or the coroutine's
         except BaseException as exc:
             scope.__exit__(type(exc), exc, exc.__traceback__)
             raise _tagged(exc, entry, phase)  # noqa: B904 (exc, or caused by it)
+        now = clock()
+        if now - start > bound:  # the hot path: no call unless it was slow
+            held_loop(entry, phase, now - start)
+        start = now
         if quiet < _QUIET:
             scope.__exit__(None, None, None)
             entry.quiet[phase] = quiet + 1
@@ -209,6 +280,55 @@ _QUIET = 3
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+class _Timed:
+    """A hook method's coroutine, each of its steps timed (see `held_loop`).
+
+    Stands in for the coroutine in `_drive`, which calls only ``send`` and ``throw``;
+    used once a hook suspended, where a step costs a trip through the loop anyway.
+    """
+
+    __slots__ = ("_coro", "_entry", "_phase")
+
+    def __init__(self, coro: Any, entry: HookEntry, phase: str) -> None:
+        self._coro, self._entry, self._phase = coro, entry, phase
+
+    def send(self, value: Any) -> Any:
+        start = _clock()
+        try:
+            return self._coro.send(value)
+        finally:
+            held_loop(self._entry, self._phase, _clock() - start)
+
+    def throw(self, error: BaseException) -> Any:
+        start = _clock()
+        try:
+            return self._coro.throw(error)
+        finally:
+            held_loop(self._entry, self._phase, _clock() - start)
+
+
+def held_loop(entry: HookEntry, phase: str, seconds: float) -> None:
+    """Log, once per hook and phase, a method that held the loop *seconds* > bound.
+
+    tf.keras warns of a callback slower than the batch; here the cost is the
+    loop's: no other task ran meanwhile. Pinned by tests/test_hook_checks.py.
+    """
+    if seconds <= HELD_LOOP_SECS or phase in entry.held:
+        return
+    entry.held.add(phase)
+    logger.warning(
+        "Hook %s held the event loop for %.2fs in %s() without awaiting (more than "
+        "%.1fs), so every other task of the loop waited. Move blocking work off the "
+        "loop (await asyncsess.run_in_session_thread(fn) or anyio.to_thread.run_sync"
+        "(fn)), or make it a tf.compat.v1.train.SessionRunHook, whose methods run on "
+        "the session's worker thread. Logged once per hook and method.",
+        entry.name,
+        seconds,
+        phase,
+        HELD_LOOP_SECS,
+    )
 
 
 async def _finish_beside(
@@ -256,7 +376,8 @@ async def _finish_beside(
         spawn(sibling, position)
     try:
         try:
-            results[index] = await _drive(coro, graph, yielded)
+            timed: Any = _Timed(coro, entries[index], phase)
+            results[index] = await _drive(timed, graph, yielded)
         except BaseException as exc:
             # True when the exception is this scope's own cancellation (a sibling
             # failed): then the sibling's error is raised below.

@@ -186,7 +186,29 @@ class NotAHook:
     def __repr__(self) -> str:
         return "NotAHook()"
 
+    async def on_error(self, exc: BaseException, session: Any) -> None:
+        pass  # asyncsess's own phase alone does not make a duck-typed hook
+
+
+class DuckAsync:
+    """A duck-typed hook (no base class) with an async method and a plain one."""
+
     async def before_run(self, run_context: Any) -> None:
+        pass
+
+    def end(self, session: Any) -> None:
+        pass
+
+
+class DuckSync:
+    """A duck-typed hook as TensorFlow takes them: plain methods only."""
+
+    overlap_after_run = True  # only async hooks overlap
+
+    def begin(self) -> None:
+        pass
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
         pass
 
 
@@ -231,9 +253,27 @@ class TestClassify:
         with pytest.raises(
             TypeError,
             match=r"Hook NotAHook\(\) is neither an asyncsess.SessionRunHook nor a "
-            r"tf.compat.v1.train.SessionRunHook; subclass one of them",
+            r"tf.compat.v1.train.SessionRunHook, and has none of their methods "
+            r"\(begin, after_create_session, before_run, after_run, end\); "
+            r"subclass asyncsess.SessionRunHook",
         ):
             classify([BeforeAfter(), NotAHook()])
+
+    def test_duck_typed_hooks_are_classified_by_their_methods(self) -> None:
+        entries = classify([DuckAsync(), DuckSync()])
+        assert [e.phases for e in entries] == [
+            {"before_run", "end"},
+            {"begin", "after_run"},
+        ]
+        assert [e.is_async for e in entries] == [True, False]
+        assert [e.request_slot for e in entries] == [0, -1]
+        assert [e.overlap for e in entries] == [False, False]
+
+    def test_a_hook_class_instead_of_an_instance(self) -> None:
+        with pytest.raises(
+            TypeError, match=r"it is a class; pass an instance \(call it: DuckSync"
+        ):
+            classify([DuckSync])
 
     def test_a_long_repr_is_shortened(self) -> None:
         class Verbose:
