@@ -61,6 +61,9 @@ PRIVATE_NAMES = [
     ("try_ready_session", "tensorflow.python.training.session_manager:"
      "SessionManager._safe_close"),
     ("CallableOptions", "tensorflow.core.protobuf.config_pb2:CallableOptions"),
+    ("saved_model_loader", "tensorflow.python.saved_model.loader_impl:"
+     "SavedModelLoader"),
+    ("datatype_name", "tensorflow.core.framework.types_pb2:DataType"),
 ]  # fmt: skip
 
 
@@ -279,3 +282,26 @@ class TestSessionManager:
         assert isinstance(sess, v1.Session)
         assert not _tf.session_closed(sess)
         sess.close()
+
+
+class TestSavedModel:
+    def test_saved_model_loader(self, graph: tf.Graph, tmp_path: Any) -> None:
+        tf.identity(v1.Variable(3.0), name="y")
+        export = str(tmp_path / "model")
+        with v1.Session(graph=graph) as s:
+            s.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(export)
+            builder.add_meta_graph_and_variables(s, ["serve"])
+            builder.save()
+        loader = _tf.saved_model_loader(export)
+        assert list(loader.get_meta_graph_def_from_tags(["serve"]).meta_info_def.tags)
+        fresh = tf.Graph()
+        saver, _ = loader.load_graph(fresh, ["serve"])
+        with v1.Session(graph=fresh) as s:
+            loader.restore_variables(s, saver)
+            loader.run_init_ops(s, ["serve"])
+            assert s.run("y:0") == 3.0
+
+    def test_datatype_name(self) -> None:
+        assert _tf.datatype_name(tf.float32.as_datatype_enum) == "DT_FLOAT"
+        assert _tf.datatype_name(tf.string.as_datatype_enum) == "DT_STRING"
