@@ -11,13 +11,15 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import threading
+import weakref
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import anyio
 
 from ._backend import current_bridge
-from ._creators import ChiefSessionCreator, adapt_creator
+from ._creators import ChiefSessionCreator, WorkerSessionCreator, adapt_creator
 from ._dispatch import Dispatcher, call_async, call_sync
 from ._exceptions import (
     RunAfterStopError,
@@ -171,7 +173,11 @@ class MonitoredSession:
         self._runners: QueueRunners | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
-        self._graph_was_finalized = False
+        #: This session's count in its graph's `_GraphUse` (taken in open()).
+        self._graph_use: _GraphUse | None = None
+        #: The id and name of the task that opened the session: only that task
+        #: can leave the session's task group.
+        self._opener: tuple[int, str] | None = None
         self._stop: StopReason | None = None
         self._step_cancel_grace = 0.25
         self._caller_thread_below = 1e-3
@@ -274,15 +280,18 @@ class MonitoredSession:
         """Open the session: hooks' begin, finalize, create, init/restore, start.
 
         For code that cannot use ``async with`` (a web app's lifespan, say); pair it
-        with `close`.
+        with `close`, in the same task. Sessions over one graph may open at the
+        same time: from the hooks' ``begin`` until the graph is finalized they
+        take turns, and the graph stays finalized until the last one closes.
 
         Raises:
           SessionStateError: if the session was already opened.
 
         Cancellation: always yields. Cancelling it (or a hook raising) closes what
         was opened: the TF session, queue runners and the worker thread; the
-        graph is un-finalized again. A session being created on the worker thread
-        when cancelled is closed as soon as its creation ends.
+        graph is un-finalized again (unless another session over it is open). A
+        session being created on the worker thread when cancelled is closed as
+        soon as its creation ends.
         """
         if self._state is not State.UNOPENED:
             raise SessionStateError(
@@ -292,7 +301,8 @@ class MonitoredSession:
         self._state = State.OPENING
         self._bridge = current_bridge()
         self._lock = anyio.Lock(fast_acquire=True)
-        self._graph_was_finalized = self._graph.finalized
+        task = anyio.get_current_task()
+        self._opener = (task.id, str(task.name))
         worker = self._worker = WorkerThread(self._graph, self._bridge)
         cache = self._run_cache = RunCache()
         cache.configure(self._caller_thread_below)
@@ -308,14 +318,14 @@ class MonitoredSession:
         try:
             # Background work of the session (queue runners, pending hooks) runs in
             # this task group, entered here and left in close(): open() and close()
-            # must run in the same task, as `async with` and a lifespan do.
+            # must run in the same task, as `async with` and a lifespan do
+            # (`_close_elsewhere` explains the rule to those who do not).
             self._exit_stack = AsyncExitStack()
             self._task_group = await self._exit_stack.enter_async_context(
                 anyio.create_task_group()
             )
             self._dispatch.spawn = self._spawn
-            await self._dispatch.call_in_order("begin", worker)
-            await self._recovery.create()
+            await self._begin_and_create(worker)
         except BaseException as exc:
             try:
                 with anyio.CancelScope(shield=True):
@@ -334,12 +344,61 @@ class MonitoredSession:
         self._state = State.OPEN
         return self
 
+    async def _begin_and_create(self, worker: WorkerThread) -> None:
+        """Hooks' begin and the first TF session, in this graph's opening turn.
+
+        Sessions over one graph open one at a time from begin until the graph is
+        finalized: two at once would race to add the scaffold's ops to it while
+        the other one finalizes it. The turn ends before the session is created
+        when our own creator's scaffold finalizes the graph first, so that a
+        `WorkerSessionCreator` waiting for a chief over the same graph lets the
+        chief open meanwhile. Pinned by tests/test_hook_checks.py::TestOneGraph.
+        """
+        use = _graph_use(self._graph)
+        turn = await use.take_turn(self._graph)
+        self._graph_use = use  # released in _shutdown
+        try:
+            try:
+                await self._dispatch.call_in_order("begin", worker)
+            except RuntimeError as exc:
+                if self._graph_finalized_by_another(use, exc):
+                    raise RuntimeError(
+                        f"{exc} Here the graph was finalized by another session "
+                        "over it that is still open: build the hook's ops before "
+                        "the first session opens, or give each session its own "
+                        "graph."
+                    ) from exc
+                raise
+            creator = self._creator
+            if isinstance(creator, (ChiefSessionCreator, WorkerSessionCreator)):
+                await worker.call(creator.scaffold.finalize)  # creation does it again
+                use.end_turn(turn)
+            await self._recovery.create()
+        finally:
+            use.end_turn(turn)
+
+    @staticmethod
+    def _graph_finalized_by_another(use: _GraphUse, exc: RuntimeError) -> bool:
+        """Whether *exc* is TF's error for a graph another open session finalized."""
+        return (
+            use.sessions > 1
+            and not use.finalized_before
+            and str(exc).startswith("Graph is finalized")
+        )
+
     async def close(self) -> None:
         """Close the session: hooks' end, stop queue runners, close the TF session.
 
         Idempotent: closing again does nothing (TensorFlow ends the hooks twice
         and raises). An exception a queue runner reported to the coordinator is
         raised here, as in TensorFlow.
+
+        Raises:
+          SessionStateError: called in another task than the one that opened the
+            session. The hooks' ``on_error`` runs and the TF session, queue
+            runners and worker thread are released all the same, but the
+            session's task group is the opening task's: that task must still
+            close the session (or leave its ``async with`` block).
 
         Cancellation: the hooks' ``end`` is cancelled with the caller; the
         shutdown that follows is shielded and bounded by
@@ -349,7 +408,11 @@ class MonitoredSession:
         await self._close(None)
 
     async def _close(self, exc: BaseException | None) -> None:
-        if self._state in (State.CLOSING, State.CLOSED):
+        if self._state is State.CLOSING:
+            return
+        if self._state is State.CLOSED:
+            if self._task_group is not None and self._in_opener():
+                await self._close_task_group()  # left open by `_close_elsewhere`
             return
         if self._state is State.UNOPENED:
             self._state = State.CLOSED
@@ -360,6 +423,8 @@ class MonitoredSession:
         # From another thread or loop, the shutdown would run half and then fail
         # leaving the task group (tests/test_bad_input.py::TestLifecycleMisuse).
         self._bridge.check_current()
+        if not self._in_opener():
+            await self._close_elsewhere()
         self._state = State.CLOSING
         token = current_worker.set(self._worker)
         try:
@@ -386,6 +451,50 @@ class MonitoredSession:
                 self._state = State.CLOSED
             if self._stop is None:
                 self._stop = StopReason("closed", "The session was closed.")
+
+    def _in_opener(self) -> bool:
+        opener = self._opener
+        return opener is None or anyio.get_current_task().id == opener[0]
+
+    async def _close_elsewhere(self) -> None:
+        """close() outside the opening task: release what it can, then raise.
+
+        The session's task group can only be left by the task that entered it
+        (anyio and trio fail with "cancel scope in a different task" / "Nursery
+        misnesting", and cancelling it would cancel that task too). So this runs
+        the hooks' on_error, stops the queue runners, closes the TF session and
+        the worker thread, and leaves the task group to the opening task: its
+        close() (or ``async with`` exit) then leaves it, and nothing else. Pinned
+        by tests/test_hook_checks.py::TestCloseInAnotherTask.
+        """
+        assert self._opener is not None
+        opener, name = self._opener
+        here = anyio.get_current_task().name
+        if self._state is State.OPENING:
+            raise SessionStateError(
+                f"{type(self).__name__}.close() was called in task {here!r} while "
+                f"task {name!r} is opening the session: a session must be closed in "
+                "the task that opened it. Cancel that task to stop the opening."
+            )
+        error = SessionStateError(
+            f"{type(self).__name__}.close() was called in task {here!r}, not in "
+            f"task {name!r} that opened the session: a session must be closed in "
+            "the task that opened it (use 'async with', or open() and close() in "
+            "one task; other tasks call request_stop()). Its TF session and "
+            "threads were released; close it in the opening task too."
+        )
+        self._state = State.CLOSING
+        try:
+            await self._notify_error(error)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown(error)
+            self._state = State.CLOSED
+            if opener not in {task.id for task in anyio.get_running_tasks()}:
+                # The opening task is gone (anyio or trio already reported the
+                # task group it left open): nobody can leave the group any more.
+                self._exit_stack = self._task_group = None
+        raise error
 
     async def _notify_error(self, exc: BaseException) -> None:
         """Call on_error(exc, session) on every hook defining it; log their errors."""
@@ -429,8 +538,9 @@ class MonitoredSession:
                 worker.name,
                 self._grace,
             )
-        if not self._graph_was_finalized:
-            unfinalize_graph(self._graph)
+        use, self._graph_use = self._graph_use, None
+        if use is not None:
+            use.release(self._graph)
         if coord_error is None or coord_error is exc:
             return
         if self._recovery.enabled and is_preemption(coord_error):
@@ -831,6 +941,66 @@ class SingularMonitoredSession(MonitoredSession):
     def raw_session(self) -> Any:
         """The underlying `tf.compat.v1.Session`, or None when not open."""
         return self._tf_sess
+
+
+class _GraphUse:
+    """The asyncsess sessions over one graph, and whose turn it is to open.
+
+    Keyed by graph in `_GRAPH_USES` (weakly). It never refers to its graph: the
+    dictionary's values would keep their keys alive.
+    """
+
+    __slots__ = ("finalized_before", "sessions", "thread", "turn")
+
+    def __init__(self) -> None:
+        #: Sessions opening or open over the graph.
+        self.sessions = 0
+        #: Whether the graph was finalized before the first of them opened: then
+        #: it stays finalized (TensorFlow's rule), else the last to close
+        #: un-finalizes it.
+        self.finalized_before = False
+        #: Set when the session whose turn it is is done with the graph.
+        self.turn: anyio.Event | None = None
+        #: The thread (event loop) of the turn's session.
+        self.thread = 0
+
+    async def take_turn(self, graph: Any) -> anyio.Event:
+        """Wait for the graph, then count a session over it. Cancellation: waits."""
+        while self.turn is not None:
+            if self.thread == threading.get_ident():
+                await self.turn.wait()
+            else:  # another thread's event loop: its Event cannot be awaited here
+                await anyio.sleep(0.01)
+        turn = self.turn = anyio.Event()
+        self.thread = threading.get_ident()
+        if not self.sessions:
+            self.finalized_before = graph.finalized
+        # A graph that another of our sessions finalized stays finalized, as in
+        # TensorFlow: this session's begin() cannot add ops to it.
+        self.sessions += 1
+        return turn
+
+    def end_turn(self, turn: anyio.Event) -> None:
+        """End *turn*; again, or after another turn began, does nothing."""
+        if self.turn is turn:
+            self.turn = None
+            turn.set()
+
+    def release(self, graph: Any) -> None:
+        """A session over the graph closed: the last un-finalizes it (unless...)."""
+        self.sessions -= 1
+        if not self.sessions and not self.finalized_before:
+            unfinalize_graph(graph)
+
+
+_GRAPH_USES: weakref.WeakKeyDictionary[Any, _GraphUse] = weakref.WeakKeyDictionary()
+
+
+def _graph_use(graph: Any) -> _GraphUse:
+    use = _GRAPH_USES.get(graph)
+    if use is None:
+        use = _GRAPH_USES[graph] = _GraphUse()
+    return use
 
 
 def _log_close_error(error: BaseException) -> None:
