@@ -29,6 +29,8 @@ class ModelMetrics:
     ``asyncsess_model_version`` (the version serving),
     ``asyncsess_model_loads_total`` and ``asyncsess_model_load_failures_total``;
     and the batch metrics of *stats* (`register_batch_metrics`).
+
+    Cancellation: plain counters, nothing to cancel.
     """
 
     def __init__(self, versions: ModelVersions, stats: BatchStats | None) -> None:

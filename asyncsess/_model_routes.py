@@ -97,7 +97,10 @@ class ModelRoutes:
         return [Route("/v1/{rest:path}", self.handle, methods=_METHODS)]
 
     async def handle(self, request: Request) -> Response:
-        """Answer one ``/v1/`` request; never raises (but cancellation)."""
+        """Answer one ``/v1/`` request; never raises but a cancellation.
+
+        Cancellation: see the class docstring.
+        """
         started = time.perf_counter()
         api = "predict" if request.method == "POST" else "status"
         try:

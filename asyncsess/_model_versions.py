@@ -177,6 +177,9 @@ class ModelVersions:
 
         Raises:
           ServingError: NOT_FOUND, that version does not serve (now).
+
+        Cancellation: a cancelled block releases the version (a retiring one
+        closes once its last block is left).
         """
         entry = self._current if version is None else self._versions.get(version)
         if entry is None or entry.state is not VersionState.AVAILABLE:
@@ -199,6 +202,8 @@ class ModelVersions:
           RuntimeError: no version under the path loads (each one's error is
             logged).
           OSError: the path cannot be read.
+
+        Cancellation: see the class docstring.
         """
         try:
             async with anyio.create_task_group() as tg:

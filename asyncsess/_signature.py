@@ -81,6 +81,8 @@ class ServingError(Exception):
 
     ``str()`` is the message TensorFlow Serving would put in ``{"error": ...}``;
     ``status`` the HTTP status for ``code`` (`HTTP_STATUS`).
+
+    Cancellation: plain data, nothing to cancel.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -124,7 +126,10 @@ def serving_error_of(exc: BaseException) -> ServingError | None:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One input or output of a signature: its graph tensor's name and its spec."""
+    """One input or output of a signature: its graph tensor's name and its spec.
+
+    Cancellation: plain data, nothing to cancel.
+    """
 
     name: str
     spec: TensorSpec
@@ -149,6 +154,8 @@ class Signature:
 
     ``defaults`` are values fed for inputs a request leaves out (SignatureDef's
     ``defaults``); ``defaults_metadata`` their JSON for the metadata route.
+
+    Cancellation: plain data, nothing to cancel.
     """
 
     name: str
@@ -211,7 +218,12 @@ def find_signature(signatures: Mapping[str, Signature], name: str) -> Signature:
 
 
 class ServedVersion(Protocol):
-    """One loaded version of a model: what it offers and how to predict with it."""
+    """One loaded version of a model: what it offers and how to predict with it.
+
+    Cancellation: cancelling `predict` cancels its step as
+    `asyncsess.MonitoredSession.run_without_hooks` (or `Batcher.run`) does; the
+    version keeps serving.
+    """
 
     @property
     def version(self) -> int:
@@ -246,7 +258,10 @@ class VersionState(enum.Enum):
 
 @dataclass(frozen=True)
 class VersionStatus:
-    """One entry of ``GET /v1/models/NAME``: a version, its state and health."""
+    """One entry of ``GET /v1/models/NAME``: a version, its state and health.
+
+    Cancellation: plain data, nothing to cancel.
+    """
 
     version: int
     state: VersionState
@@ -270,6 +285,8 @@ class ModelSource(Protocol):
 
     `use` holds a version for the time of one request: a version being
     replaced finishes the requests that hold it before it is closed.
+
+    Cancellation: a block of `use` that is cancelled releases its version.
     """
 
     @property
