@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette", reason="needs the serve extra")
@@ -46,6 +47,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "multi_input": _models.built(base, "multi_input", _models.multi_input),
         "mlp": _models.built(base, "mlp", _models.mlp),
     }
+
+
+@pytest.fixture(scope="module")
+def keras_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, Any]:
+    """A Keras 3 ``model.export``, rows, and ``model.predict`` of those rows."""
+    path = str(tmp_path_factory.mktemp("keras") / "k")
+    model = _models.keras_mlp(path, seed=3)
+    rows = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+    return path, rows, model.predict(rows, verbose=0)
 
 
 @pytest.fixture
@@ -264,6 +274,29 @@ class TestRestApi:
             body = {"signature_name": "unbatched", "inputs": {"a": [[1, 2], [3, 4]]}}
             response = await client.post(url, json=body)
             assert response.json() == {"outputs": 10.0}
+
+    async def test_a_keras_export_answers_as_model_predict(
+        self, keras_export: tuple[str, Any, Any]
+    ) -> None:
+        path, rows, expected = keras_export
+        async with in_process(create_model_app(path, model_name="k")) as client:
+            url = "/v1/models/k:predict"
+            plain = await client.post(url, json={"instances": rows.tolist()})
+            named = [{"features": row} for row in rows.tolist()]
+            by_name = await client.post(url, json={"instances": named})
+            columns = await client.post(
+                url, json={"inputs": {"features": rows.tolist()}}
+            )
+            for got in (plain.json()["predictions"], by_name.json()["predictions"]):
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                columns.json()["outputs"], expected, rtol=1e-6, atol=1e-6
+            )
+            metadata = (await client.get("/v1/models/k/metadata")).json()
+            signature = metadata["metadata"]["signature_def"]["signature_def"]
+            assert signature["serving_default"]["inputs"]["features"]["dtype"] == (
+                "DT_FLOAT"
+            )
 
     async def test_step_errors_and_limits(self, models: dict[str, str]) -> None:
         app = create_model_app(models["mlp"], max_body_bytes=4096)
