@@ -17,6 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ._json_tensor import JsonTensorError, TensorSpec, decode_inputs, loads_request
 from ._serve_factory import demo_graph
 from ._serve_metrics import finite_or_none
 from ._serve_page import PAGE, PAGE_HEADERS
@@ -27,7 +28,17 @@ from ._serve_trainer import (
     ServiceConfig,
     Trainer,
 )
-from ._tf import tf
+from ._signature import (
+    DEFAULT_SIGNATURE,
+    ServingError,
+    Signature,
+    TensorInfo,
+    VersionState,
+    VersionStatus,
+    code_name,
+    not_found,
+)
+from ._tf import datatype_name, tf
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -39,6 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asyncsess.serve")
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+JSON = "application/json"
 NO_SNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
@@ -138,13 +150,25 @@ def create_graph_app(
         async with trainer.running_in_background():
             yield
 
+    # Imported here: the REST routes import this module's request helpers.
+    from ._model_routes import ModelRoutes
+
+    source = GraphSource(trainer)
+    rest = ModelRoutes(
+        source,
+        token=config.token,
+        max_body_bytes=config.max_body_bytes,
+        observer=trainer.metrics,
+    )
     routes = [
         Route("/", _page, methods=["GET"]),
         Route("/status", _status, methods=["GET"]),
         Route("/history", _history, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/predict", _predict if demo else _predict_inputs, methods=["POST"]),
         Route("/stop", _stop, methods=["POST"]),
+        *rest.routes(),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
     app = Starlette(
@@ -154,6 +178,7 @@ def create_graph_app(
         exception_handlers={Refused: _refused},  # type: ignore[dict-item]
     )
     app.state.trainer = trainer
+    app.state.model = source
     return app
 
 
@@ -177,6 +202,41 @@ async def _history(request: Request) -> Response:
 async def _metrics(request: Request) -> Response:
     body = _trainer(request).metrics.exposition()
     return Response(body, media_type=PROMETHEUS_TEXT, headers=NO_SNIFF)
+
+
+async def _openapi(request: Request) -> Response:
+    from ._model_openapi import openapi_document
+
+    source: GraphSource = request.app.state.model
+    token = _trainer(request).config.token is not None
+    document = openapi_document(source.name, source, token=token)
+    document["paths"].update(_service_paths(token))
+    return JSONResponse(document, headers=NO_SNIFF)
+
+
+def _service_paths(token: bool) -> dict[str, Any]:
+    """OpenAPI entries of the service's own routes (beside TF Serving's)."""
+    json_answer = {"200": {"description": "OK", "content": {JSON: {}}}}
+    post: dict[str, Any] = {"security": [{"bearer": []}]} if token else {}
+
+    def get(summary: str) -> dict[str, Any]:
+        return {"get": {"summary": summary, "responses": json_answer}}
+
+    def posted(summary: str, answers: dict[str, Any]) -> dict[str, Any]:
+        return {"post": {"summary": summary, "responses": answers, **post}}
+
+    return {
+        "/status": get("Training and serving state: global step, loss, steps/s."),
+        "/history": get("The status and the recent loss curve."),
+        "/predict": posted(
+            'Predict: {"inputs": {name: value}} -> {"outputs": {name: value}}.',
+            {**json_answer, "422": {"description": "A bad payload."}},
+        ),
+        "/stop": posted(
+            "End training after the current step (final checkpoint).",
+            {"202": {"description": "Stopping."}},
+        ),
+    }
 
 
 async def _stop(request: Request) -> Response:
@@ -208,7 +268,8 @@ async def _predict_inputs(request: Request) -> Response:
     config = trainer.config
     _authorize(request, config)
     body = await _read_body(request, config.max_body_bytes)
-    inputs = parse_inputs(body, trainer.served.inputs, config.max_rows)
+    source: GraphSource = request.app.state.model
+    inputs = parse_inputs(body, source.signature, config.max_rows)
     outputs = await _predicted(trainer, inputs)
     document = {
         "outputs": {name: jsonable(value) for name, value in outputs.items()},
@@ -226,9 +287,8 @@ async def _predicted(
     except (ModelUnavailable, Overloaded) as exc:
         raise Refused(503, str(exc), {"Retry-After": "1"}) from None
     except PredictionFailed as exc:
-        raise Refused(
-            422, f"The model refused the inputs ({exc.kind}): {exc}"
-        ) from None
+        detail = f"The model refused the inputs ({code_name(exc.error_code)}): {exc}"
+        raise Refused(422, detail) from None
 
 
 async def _refused(request: Request, exc: Refused) -> Response:
@@ -342,143 +402,110 @@ def _check_row(i: int, row: Any, input_dim: int) -> None:
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-tf_string = tf.string
 
 
 # -- a factory's inputs and outputs -------------------------------------------------
 
 
 def parse_inputs(
-    body: bytes, inputs: Mapping[str, Any], max_rows: int
+    body: bytes, signature: Signature, max_rows: int
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Validate a factory's ``/predict`` body; arrays by input name, or 422.
 
-    The body is ``{"inputs": {name: value, ...}}``, or the same object without
-    the ``"inputs"`` wrapper. Every input of the graph must be given, as
-    (nested lists of) JSON values of its dtype (numbers, booleans, or strings
-    for string tensors) in a shape its placeholder accepts, with at most
-    *max_rows* rows.
+    The body is TensorFlow Serving's columnar request, ``{"inputs": {name:
+    value, ...}}`` (or its row request, ``{"instances": [...]}``), or the
+    inputs' object itself without the ``"inputs"`` wrapper. Values are decoded
+    as TensorFlow Serving decodes them; every input must be given, with at
+    most *max_rows* rows.
     """
-    payload = _parse_json(body)
-    if isinstance(payload, dict) and set(payload) == {"inputs"}:
-        payload = payload["inputs"]
-    if not isinstance(payload, dict):
-        raise Refused(422, 'Expected a JSON object {"inputs": {name: value, ...}}.')
-    names = sorted(inputs)
-    extra = sorted(set(payload) - set(inputs))
-    if extra:
-        raise Refused(422, f"Unexpected input(s) {extra!r}; the model takes {names!r}.")
-    missing = sorted(set(inputs) - set(payload))
-    if missing:
-        raise Refused(422, f"Missing input(s) {missing!r}; the model takes {names!r}.")
-    return {
-        name: _input_array(name, payload[name], inputs[name], max_rows)
-        for name in names
-    }
+    try:
+        document = loads_request(body)
+        if not {"inputs", "instances"} & set(document):
+            document = {"inputs": document}
+        _, inputs = decode_inputs(document, signature.input_specs())
+        signature.check_predict(inputs)
+    except (JsonTensorError, ServingError) as exc:
+        raise Refused(422, str(exc)) from None
+    for name, value in inputs.items():
+        if value.ndim and value.shape[0] > max_rows:
+            raise Refused(
+                422,
+                f"Input {name} has {value.shape[0]} rows; at most {max_rows} per call.",
+            )
+    return inputs
 
 
-def _input_array(
-    name: str, value: Any, tensor: Any, max_rows: int
-) -> np.ndarray[Any, Any]:
+# -- TensorFlow Serving's REST API over the served graph ---------------------------
+
+
+class GraphSource:
+    """The served graph as a `ModelSource` of the ``/v1/models/NAME`` routes.
+
+    One version, 1, with one signature, ``serving_default``: the factory's
+    inputs and outputs. It predicts through `Trainer.predict` (batched, on the
+    session that trains).
+
+    Cancellation: see `Trainer.predict`.
+    """
+
+    version = 1
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+        self.signature = graph_signature(trainer.served)
+        self.signatures = {self.signature.name: self.signature}
+
+    @property
+    def name(self) -> str:
+        return self._trainer.served.model_name
+
+    def statuses(self) -> list[VersionStatus]:
+        trainer = self._trainer
+        if trainer.serving is not None:
+            return [VersionStatus(self.version, VersionState.AVAILABLE)]
+        if trainer.error is not None:
+            message = trainer.error
+            return [VersionStatus(self.version, VersionState.END, "UNKNOWN", message)]
+        return [VersionStatus(self.version, VersionState.LOADING)]
+
+    @asynccontextmanager
+    async def use(self, version: int | None) -> AsyncIterator[GraphSource]:
+        if version not in (None, self.version):
+            raise not_found(
+                f"Servable not found for request: Specific({self.name}, {version})"
+            )
+        yield self
+
+    async def predict(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray[Any, Any]]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        self.signatures[signature_name].check_predict(inputs)
+        try:
+            return await self._trainer.predict(inputs)
+        except (ModelUnavailable, Overloaded) as exc:
+            raise ServingError("UNAVAILABLE", str(exc)) from None
+        except PredictionFailed as exc:
+            raise ServingError(code_name(exc.error_code), str(exc)) from None
+
+
+def graph_signature(served: ServedGraph) -> Signature:
+    """The ``serving_default`` signature of a served graph's inputs and outputs."""
+    return Signature(
+        DEFAULT_SIGNATURE,
+        {name: _tensor_info(t) for name, t in served.inputs.items()},
+        {name: _tensor_info(t) for name, t in served.outputs.items()},
+    )
+
+
+def _tensor_info(tensor: Any) -> TensorInfo:
+    shape = tensor.shape
+    dims = None if shape.rank is None else tuple(shape.as_list())
     dtype = tensor.dtype
-    label = f"inputs[{name!r}]"
-    shape = _shape_of(label, value)
-    leaves = list(_flatten(value, len(shape)))
-    if dtype == tf_string:
-        array = np.array([_text(label, v) for v in leaves], dtype=object)
-    else:
-        np_dtype = np.dtype(dtype.as_numpy_dtype)
-        for leaf in leaves:
-            _check_leaf(label, leaf, np_dtype)
-        array = np.array(leaves, dtype=np_dtype)
-    array = array.reshape(shape)
-    wanted = tensor.shape
-    if not wanted.is_compatible_with(shape):
-        raise Refused(
-            422,
-            f"{label} has shape {list(shape)}; the model takes "
-            f"{_dims(wanted)} ({dtype.name}).",
-        )
-    if (
-        shape
-        and len(shape) == wanted.rank
-        and wanted[0] is None
-        and shape[0] > max_rows
-    ):
-        raise Refused(422, f"{label} has {shape[0]} rows; at most {max_rows} per call.")
-    return array
-
-
-def _shape_of(label: str, value: Any) -> tuple[int, ...]:
-    """The shape of nested lists *value*, or 422 if they are ragged."""
-    shape: list[int] = []
-    probe = value
-    while isinstance(probe, list):
-        shape.append(len(probe))
-        if not probe:
-            break
-        probe = probe[0]
-    _check_shape(label, value, tuple(shape))
-    return tuple(shape)
-
-
-def _check_shape(label: str, value: Any, shape: tuple[int, ...]) -> None:
-    if not shape:
-        if isinstance(value, list):
-            raise Refused(422, f"{label} is ragged (lists of different lengths).")
-        return
-    if not isinstance(value, list) or len(value) != shape[0]:
-        raise Refused(422, f"{label} is ragged (lists of different lengths).")
-    for item in value:
-        _check_shape(label, item, shape[1:])
-
-
-def _flatten(value: Any, depth: int) -> Any:
-    if depth == 0:
-        yield value
-        return
-    for item in value:
-        yield from _flatten(item, depth - 1)
-
-
-def _check_leaf(label: str, leaf: Any, dtype: np.dtype[Any]) -> None:
-    kind = dtype.kind
-    if kind == "b":
-        if not isinstance(leaf, bool):
-            raise Refused(
-                422, f"{label} takes booleans. Received: {type(leaf).__name__}"
-            )
-        return
-    if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
-        raise Refused(422, f"{label} takes numbers. Received: {type(leaf).__name__}")
-    if kind in "iu":
-        if not isinstance(leaf, int):
-            raise Refused(
-                422, f"{label} takes integers ({dtype.name}). Received: {leaf!r}"
-            )
-        info = np.iinfo(dtype)
-        if not info.min <= leaf <= info.max:
-            raise Refused(422, f"{label} holds {leaf}, out of {dtype.name} range.")
-        return
-    if kind == "f":
-        if isinstance(leaf, float) and not math.isfinite(leaf):
-            raise Refused(422, f"{label} must be finite. Received: {leaf!r}")
-        if abs(leaf) > float(np.finfo(dtype).max):
-            raise Refused(422, f"{label} holds a number out of {dtype.name} range.")
-        return
-    raise Refused(422, f"{label} is of dtype {dtype.name}, which /predict cannot take.")
-
-
-def _text(label: str, leaf: Any) -> bytes:
-    if not isinstance(leaf, str):
-        raise Refused(422, f"{label} takes strings. Received: {type(leaf).__name__}")
-    return leaf.encode("utf-8")
-
-
-def _dims(shape: Any) -> str:
-    if shape.rank is None:
-        return "any shape"
-    return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
+    np_dtype = (
+        np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
+    )
+    name = datatype_name(dtype.as_datatype_enum)
+    return TensorInfo(tensor.name, TensorSpec(np_dtype, dims, name))
 
 
 def jsonable(value: Any) -> Any:

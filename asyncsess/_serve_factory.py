@@ -162,6 +162,7 @@ def demo_graph(
         save_summaries_steps=save_summaries_steps,
         step_feed=step_feed,
         preflight=preflight,
+        model_name="demo",
         facts={"input_dim": input_dim},
     )
 

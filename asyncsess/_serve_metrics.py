@@ -69,11 +69,26 @@ class Metrics:
         self.predictions = counter(
             "asyncsess_predict_rows", "Rows of the predictions answered."
         )
+        self.rest_requests = counter(
+            "asyncsess_model_requests",
+            "REST API requests answered, by API and HTTP status.",
+            ["api", "code"],
+        )
+        self.rest_latency = step_histogram(
+            "asyncsess_model_request_seconds",
+            "Time to answer a REST API request, by API.",
+            ["api"],
+        )
         self.rejected = counter(
             "asyncsess_rejected_requests",
             "Requests refused with a 4xx status, by status.",
             ["status"],
         )
+
+    def observe(self, api: str, status: int, seconds: float) -> None:
+        """Count one answered ``/v1/`` request of *api* (the REST routes call it)."""
+        self.rest_requests.labels(api, str(status)).inc()
+        self.rest_latency.labels(api).observe(seconds)
 
     def add_batching(self, stats: BatchStats) -> None:
         """Export *stats* (the service's batches) with the other metrics."""

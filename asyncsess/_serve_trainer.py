@@ -40,6 +40,8 @@ logger = logging.getLogger("asyncsess.serve")
 HISTORY_POINTS = 600
 #: At most one loss-curve point per this many seconds.
 HISTORY_EVERY_SECS = 0.1
+#: TensorFlow's code for a value a run refuses (error_codes.proto).
+_INVALID_ARGUMENT = 3
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,13 @@ class ModelUnavailable(Exception):
 class PredictionFailed(Exception):
     """TensorFlow refused a request's values (a shape the graph rejects, ...).
 
-    ``kind`` is the TensorFlow error's class name, ``str()`` its message.
+    ``error_code`` is TensorFlow's canonical code (3, INVALID_ARGUMENT, for what
+    ``Session.run`` refuses before running), ``str()`` its message.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, error_code: int, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.error_code = error_code
 
 
 class Overloaded(Exception):
@@ -402,7 +405,7 @@ class Trainer:
                 raise Overloaded(str(exc)) from None
             except RuntimeError as exc:  # closed: its session is going away
                 raise ModelUnavailable(self._unavailable_reason()) from exc
-            except (errors.OpError, ValueError):
+            except (errors.OpError, ValueError, TypeError):
                 # One request's bad values fail its whole batch: each caller
                 # retries alone, so only the culprit's request fails.
                 result = await self._run_alone(sess, feed)
@@ -423,7 +426,9 @@ class Trainer:
                 raise ModelUnavailable(self._unavailable_reason()) from exc
             except errors.OpError as exc:
                 message = exc.message.split("\n\n", 1)[0].strip()
-                raise PredictionFailed(type(exc).__name__, message) from None
+                raise PredictionFailed(exc.error_code, message) from None
+            except (ValueError, TypeError) as exc:  # a value Session.run refuses
+                raise PredictionFailed(_INVALID_ARGUMENT, str(exc)) from None
         return result
 
     def _unavailable_reason(self) -> str:
