@@ -22,11 +22,15 @@ class SessionRunHook:
     called at the same points, with the same arguments, but awaited on the event
     loop. Every method is optional; the base class's are no-ops and a hook that
     does not override a method costs nothing for it. Methods may also be plain
-    ``def`` functions: those run inline on the event loop and must not block.
+    ``def`` functions: those run inline on the event loop and must not block (a
+    method that holds the loop over 0.1 s in a step is logged once, at WARNING).
 
     TensorFlow's own hooks (instances of `tf.compat.v1.train.SessionRunHook`) are
     accepted unmodified alongside these; their blocking methods run on the
-    session's worker thread.
+    session's worker thread. One with ``async def`` methods is refused when the
+    session is built (nobody would await them). Duck-typed hooks (any object
+    with some of these methods) are accepted too: async if one of them is
+    ``async def``, else run as TensorFlow's.
 
     A hook class that sets ``overlap_after_run = True`` has its `after_run` for
     step k run while step k+1 proceeds (see the README, "Hooks that overlap").
