@@ -217,6 +217,8 @@ def _paths(
             "post": predict,
             "parameters": [version],
         },
+        f"{base}:classify": {"post": _examples("classify", token=token)},
+        f"{base}:regress": {"post": _examples("regress", token=token)},
         "/metrics": {"get": _text("Prometheus metrics (text format).")},
         "/openapi.json": {"get": _get("This document.", {"type": "object"})},
         "/": {"get": _text("A page describing the model, linking this document.")},
@@ -269,6 +271,44 @@ def _post(
             "content": _json(_ERROR),
         }
     return operation
+
+
+def _examples(verb: str, *, token: bool) -> dict[str, Any]:
+    value = {"oneOf": [{"type": ["number", "boolean", "string"]}, dict(_B64)]}
+    example = {
+        "type": "object",
+        "additionalProperties": {"oneOf": [value, {"type": "array", "items": value}]},
+    }
+    body = {
+        "type": "object",
+        "properties": {
+            "signature_name": {"type": "string"},
+            "context": example,
+            "examples": {"type": "array", "items": example, "minItems": 1},
+        },
+        "required": ["examples"],
+    }
+    operation = _post([body], [_results(verb)], token=token)
+    operation["summary"] = (
+        f"{verb.capitalize()} tf.Examples with a {verb} signature (features as JSON)."
+    )
+    return operation
+
+
+def _results(verb: str) -> dict[str, Any]:
+    if verb == "regress":
+        results: dict[str, Any] = {"type": "array", "items": {"type": "number"}}
+    else:
+        pair = {
+            "type": "array",
+            "prefixItems": [{"type": "string"}, {"type": "number"}],
+        }
+        results = {"type": "array", "items": {"type": "array", "items": pair}}
+    return {
+        "type": "object",
+        "properties": {"results": results},
+        "required": ["results"],
+    }
 
 
 def _text(summary: str) -> dict[str, Any]:

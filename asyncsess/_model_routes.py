@@ -26,6 +26,7 @@ from ._json_tensor import (
     loads_request,
     signature_name_of,
 )
+from ._model_examples import classify_or_regress
 from ._serve_app import NO_SNIFF, Refused, _authorize, _read_body
 from ._serve_trainer import ServiceConfig
 from ._signature import (
@@ -124,12 +125,8 @@ class ModelRoutes:
                 assert spec is not None
                 return "predict", await self._predict(request, *spec)
             if match is not None and match[4] in ("classify", "regress"):
-                raise ServingError(
-                    "UNIMPLEMENTED",
-                    f"The :{match[4]} API is not served; use :predict with the "
-                    "signature's inputs (its serialized tf.Example strings as "
-                    '{"b64": ...}).',
-                )
+                assert spec is not None
+                return match[4], await self._examples(request, match[4], *spec)
         elif method in ("GET", "HEAD"):
             match = _STATUS_PATH.fullmatch(path)
             if match is not None:
@@ -181,6 +178,15 @@ class ModelRoutes:
             fmt, inputs = decode_inputs(document, signature.input_specs())
             outputs = await served.predict(signature.name, inputs)
         return encode_outputs(outputs, fmt)
+
+    async def _examples(
+        self, request: Request, verb: str, name: str, version: int | None
+    ) -> bytes:
+        body = await _read_body(request, self.max_body_bytes)
+        document = loads_request(body)
+        signature_name_of(document)
+        async with self._use(name, version) as served:
+            return await classify_or_regress(served, verb, document)
 
     def _use(self, name: str, version: int | None) -> Any:
         if name != self.source.name:
