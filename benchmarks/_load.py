@@ -124,7 +124,7 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
         for i in range(spec["connections"])
     ]
     await asyncio.sleep(spec["warmup"])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     tally.window = (start, start + spec["seconds"])
     print("start", flush=True)
     told = asyncio.create_task(_told_to_stop())
@@ -132,11 +132,13 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
     told.cancel()
     end = min(time.perf_counter(), tally.window[1])
     tally.window = (start, end)
+    cpu = time.process_time() - cpu
     print("stop", flush=True)
     tally.done = True
     await asyncio.wait(clients, timeout=30.0)
     return {
         "seconds": end - start,
+        "client_cpu": cpu / (end - start),  # of one core
         "latencies": [round(x, 7) for x in tally.latencies],
         "ok_all": tally.ok_all,
         "per_client": [tally.per_client[i] for i in range(spec["connections"])],

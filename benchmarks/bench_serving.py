@@ -51,7 +51,6 @@ from asyncsess._serve_factory import create_factory_app
 from . import _mlp
 from ._harness import load, median, percentile, row, spread
 from ._load import LoadRun, failures, fetch
-from ._load import load as load_run
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -185,6 +184,37 @@ async def _batch_counts(port: int) -> tuple[float, float]:
     return values["asyncsess_batches_total"], values["asyncsess_batched_rows_total"]
 
 
+async def measured(
+    port: int,
+    path: str,
+    body: str,
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float = _WARMUP_S,
+    mark: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """The load generator's result, with what this process did meanwhile.
+
+    Adds ``server_cpu`` (this process's CPU time over the measured window, in
+    cores), ``gc_pauses`` and ``marks``: ``mark()`` at the window's start and end.
+    """
+    run = await LoadRun.start(
+        port, path, body, connections=connections, seconds=seconds, warmup=warmup
+    )
+    with GcPauses() as pauses:
+        await run.started.wait()
+        cpu, first = time.process_time(), mark() if mark else None
+        await run.stopped.wait()
+        cpu, last = time.process_time() - cpu, mark() if mark else None
+        got = await run.result()
+    got["server_cpu"] = cpu / (run.window[1] - run.window[0])
+    got["gc_pauses"] = pauses.pauses
+    got["marks"] = (first, last)
+    got["window"] = run.window[1] - run.window[0]
+    return got
+
+
 async def _rounds(
     names: list[str], rounds: int, one: Callable[[str], Awaitable[T]]
 ) -> dict[str, list[T]]:
@@ -259,19 +289,16 @@ async def _http(model_dir: str, plan: Plan) -> dict[str, Any]:
         async def loaded(name: str) -> dict[str, Any]:
             port, path = targets[name]
             before = await _batch_counts(on)
-            with GcPauses() as pauses:
-                got = await load_run(
-                    port, path, body, connections=CLIENTS, seconds=plan.seconds,
-                    warmup=_WARMUP_S,
-                )  # fmt: skip
+            got = await measured(
+                port, path, body, connections=CLIENTS, seconds=plan.seconds
+            )
             after = await _batch_counts(on)
-            got["gc_pauses"] = pauses.pauses
             got["batch"] = (after[1] - before[1]) / max(1.0, after[0] - before[0])
             return got
 
         async def lone(name: str) -> dict[str, Any]:
             port, path = targets[name]
-            return await load_run(
+            return await measured(
                 port, path, body, connections=1, seconds=plan.lone_seconds,
                 warmup=0.2,
             )  # fmt: skip
@@ -314,22 +341,30 @@ def _http_rows(
         f"req/s (medians): batched {med['batched']:.0f}, one step per request "
         f"{med['unbatched']:.0f}, no-op route {med['noop']:.0f}"
     )
+    cpu = {n: median([r["server_cpu"] for r in runs]) for n, runs in many.items()}
+    client = max(r["client_cpu"] for runs in many.values() for r in runs)
+    cpus = (
+        f"CPU of the server process (cores, medians): batched {cpu['batched']:.2f}, "
+        f"one step per request {cpu['unbatched']:.2f}, no-op {cpu['noop']:.2f}; "
+        f"the load generator's at most {client:.2f}"
+    )
     fails = f"not 200 or errors: {bad}"
     r1, r2, r4 = median(vs_one), median(vs_noop), median(lone_ratio)
     p99 = percentile(pooled, 99) * 1e3
     return [
         row(
-            f"predict req/s, {CLIENTS} clients over HTTP: batched / one step a request",
+            f"predict req/s, {CLIENTS} clients over HTTP: batched / "
+            "one step per request",
             r1, "x", ">= 5", r1 >= 5,
             f"median of per-round ratios, range {spread(vs_one)}; {absolute}; "
-            f"{fails}; {common}",
+            f"{cpus}; {fails}; {common}",
         ),
         row(
             f"predict req/s, {CLIENTS} clients over HTTP: batched / no-op JSON route",
             r2, "x", ">= 0.5", r2 >= 0.5,
             f"median of per-round ratios, range {spread(vs_noop)}; the no-op route "
             f"parses the body and answers {got['answer_bytes']} bytes (a "
-            f"prediction's); {absolute}; {common}",
+            f"prediction's); {absolute}; {cpus}; {common}",
         ),
         row(
             f"predict p99 latency, {CLIENTS} clients, batched",
@@ -365,28 +400,29 @@ async def _training(logdir: str, plan: Plan) -> dict[str, list[Any]]:
         await _until(lambda: trainer.global_step >= 20, "training to start")
         await _check(port, "/predict", body)
 
-        async def alone() -> tuple[float, int, float]:
+        async def alone() -> tuple[float, int, float, float]:
             start, step = time.perf_counter(), trainer.global_step
+            cpu = time.process_time()
             await asyncio.sleep(plan.train_seconds)
             took = time.perf_counter() - start
-            return (trainer.global_step - step) / took, 0, 0.0
+            cpu = (time.process_time() - cpu) / took
+            return (trainer.global_step - step) / took, 0, 0.0, cpu
 
-        async def loaded() -> tuple[float, int, float]:
-            run = await LoadRun.start(
+        def mark() -> tuple[int, int, int]:
+            stats = trainer.batch_stats
+            return trainer.global_step, stats.batches, stats.rows
+
+        async def loaded() -> tuple[float, int, float, float]:
+            got = await measured(
                 port, "/predict", body, connections=CLIENTS,
-                seconds=plan.train_seconds, warmup=_WARMUP_S,
+                seconds=plan.train_seconds, mark=mark,
             )  # fmt: skip
-            await run.started.wait()
-            step, stats = trainer.global_step, trainer.batch_stats
-            batches, rows = stats.batches, stats.rows
-            await run.stopped.wait()
-            steps = trainer.global_step - step
-            batch = (stats.rows - rows) / max(1, stats.batches - batches)
-            result = await run.result()
-            rate = steps / (run.window[1] - run.window[0])
-            return rate, len(result["latencies"]), batch
+            (step0, batches0, rows0), (step1, batches1, rows1) = got["marks"]
+            batch = (rows1 - rows0) / max(1, batches1 - batches0)
+            rate = (step1 - step0) / got["window"]
+            return rate, len(got["latencies"]), batch, got["server_cpu"]
 
-        async def one(name: str) -> tuple[float, int, float]:
+        async def one(name: str) -> tuple[float, int, float, float]:
             return await (alone() if name == "alone" else loaded())
 
         got = await _rounds(["alone", "loaded"], plan.rounds, one)
@@ -396,10 +432,11 @@ async def _training(logdir: str, plan: Plan) -> dict[str, list[Any]]:
 
 
 def _training_row(got: dict[str, list[Any]], plan: Plan, loads: str) -> dict[str, Any]:
-    alone = [rate for rate, _, _ in got["alone"]]
-    loaded = [rate for rate, _, _ in got["loaded"]]
-    answered = [n / plan.train_seconds for _, n, _ in got["loaded"]]
-    batch = median([b for _, _, b in got["loaded"]])
+    alone = [rate for rate, *_ in got["alone"]]
+    loaded = [rate for rate, *_ in got["loaded"]]
+    answered = [n / plan.train_seconds for _, n, _, _ in got["loaded"]]
+    batch = median([b for _, _, b, _ in got["loaded"]])
+    cpu = {name: median([c for *_, c in runs]) for name, runs in got.items()}
     per_round = [a / b for a, b in zip(loaded, alone, strict=True)]
     value = median(per_round)
     return row(
@@ -413,7 +450,8 @@ def _training_row(got: dict[str, list[Any]], plan: Plan, loads: str) -> dict[str
         f"batched); median of per-round ratios, range {spread(per_round)}; "
         f"steps/s alone {median(alone):.1f}, under load {median(loaded):.1f}, "
         f"serving {median(answered):.0f} req/s (mean batch {batch:.1f} rows); "
-        f"{plan.rounds} rounds x "
+        f"CPU of the process (cores, medians): alone {cpu['alone']:.2f}, under "
+        f"load {cpu['loaded']:.2f}; {plan.rounds} rounds x "
         f"{plan.train_seconds:.1f} s; load {loads}",
     )
 
@@ -431,7 +469,7 @@ async def _swap(model_dir: str, tmp: Path, plan: Plan) -> dict[str, Any]:
     versions = app.state.model
     body = _body()
     async with serving(app) as port:
-        await _check(port, _PREDICT, body)
+        first = await _check(port, _PREDICT, body)
         run = await LoadRun.start(
             port, _PREDICT, body, connections=CLIENTS, seconds=plan.swap_seconds,
             warmup=_WARMUP_S,
@@ -446,6 +484,7 @@ async def _swap(model_dir: str, tmp: Path, plan: Plan) -> dict[str, Any]:
             await asyncio.sleep(_AFTER_SWAP_S)
             run.stop()
             result = await run.result()
+        result["changed"] = await _check(port, _PREDICT, body) != first
     result["swapped_after"] = took if swapped else None
     result["gc_pauses"] = pauses.pauses
     return result
@@ -474,8 +513,10 @@ def _swap_row(result: dict[str, Any], plan: Plan, loads: str) -> dict[str, Any]:
         failed,
         "requests",
         "0",
-        failed == 0 and took is not None,
-        f"{when} (polled every 1 s, the default); {result['ok_all']} answered 200, "
+        failed == 0 and took is not None and result["changed"],
+        f"{when} (polled every 1 s, the default); its answers "
+        f"{'differ from' if result['changed'] else 'are the SAME as'} version 1's; "
+        f"{result['ok_all']} answered 200, "
         f"statuses {result['statuses']}, errors {result['errors']}; measured window "
         f"{result['seconds']:.1f} s: p99 {percentile(lat, 99) * 1e3:.1f} ms, max "
         f"{max(lat, default=float('nan')) * 1e3:.1f} ms; full GC pauses in the "
