@@ -1,0 +1,181 @@
+"""Admission control: HTTP requests take turns with training on one event loop.
+
+Each request handled on the loop delays the training task's next turn, and
+under a few hundred clients the loop runs a step only between long runs of
+request callbacks: training nearly stops. `TrainingPace` measures the pace of
+training steps against their pace with no request in flight and, when serving
+slows training below *target* of it, lowers how many requests may be in the
+app at once (halving; raised again one at a time while training keeps up).
+Requests over the limit wait their turn in arrival order, which costs the
+loop nothing; one that waited *max_wait* seconds is answered 503 with
+``Retry-After``. With no training running the limit does not apply.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+_BUSY_BODY = b'{"error": "the service is busy training; retry in a second."}'
+_ADJUST_EVERY = 16  # training steps between two adjustments of the limit
+_IDLE_AFTER = 1.0  # seconds without a step: training is not running
+_LEAST_RATE = 1 / 16  # requests per step: never less than one per 16 steps
+
+
+class TrainingPace:
+    """How many HTTP requests may be in flight so that training keeps *target*.
+
+    The trainer calls `step` after every training step; `Admission` asks
+    `admit` and `release` around every request.
+    """
+
+    def __init__(
+        self, *, target: float = 0.6, most: int = 64, max_wait: float = 10.0
+    ) -> None:
+        if not 0 < target < 1:
+            raise ValueError(f"target must be in (0, 1). Received: target={target!r}")
+        self.target = target
+        self.most = most
+        self.max_wait = max_wait
+        self.rate = float(most)  # requests let in per training step
+        self.tokens = float(most)
+        self.in_flight = 0
+        self.baseline = 0.0  # a step's seconds with no request in flight
+        self.recent = 0.0  # a step's seconds now
+        self.refused = 0
+        self._steps = 0
+        self._last_step = -1e9
+        self._waiters: collections.deque[anyio.Event] = collections.deque()
+        self._last_request = -1e9  # when a request was last let in or done
+        #: Recent steps no request overlapped: their lower quartile is the
+        #: baseline (robust to checkpoint steps and to noise).
+        self._alone: collections.deque[float] = collections.deque(maxlen=256)
+
+    # -- the trainer's side ----------------------------------------------------------
+
+    def step(self, seconds: float) -> None:
+        """Note one training step of *seconds* (wall time, hooks included)."""
+        now = self._last_step = time.monotonic()
+        if self._last_request < now - seconds and not self.in_flight:
+            self._alone.append(seconds)  # no request touched this step
+            if len(self._alone) % _ADJUST_EVERY == 0:
+                self.baseline = statistics.quantiles(self._alone, n=4)[0]
+        self.recent = _ewma(self.recent, seconds, 0.1)
+        self._steps += 1
+        if self.pace() < self.target:  # starved steps are rare: act on each
+            self.rate = max(_LEAST_RATE, self.rate / 2)
+        elif self._steps % _ADJUST_EVERY == 0 and self.pace() > self.target + 0.15:
+            self.rate = min(float(self.most), self.rate * 1.25)
+        self.tokens = min(self.tokens + self.rate, max(2.0, 2 * self.rate))
+        self._wake()
+
+    def stopped(self) -> None:
+        """Training ended: requests are no longer limited."""
+        self._last_step = -1e9
+        self._wake()
+
+    def pace(self) -> float:
+        """Training's recent pace relative to its pace without requests (<= ~1)."""
+        if not self.recent or not self.baseline:
+            return 1.0
+        return self.baseline / self.recent
+
+    # -- the requests' side ----------------------------------------------------------
+
+    def _training(self) -> bool:
+        return time.monotonic() - self._last_step < _IDLE_AFTER
+
+    def _may_enter(self) -> bool:
+        return self.tokens >= 1 or not self._training()
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self.tokens = max(0.0, self.tokens - 1)
+
+    async def admit(self) -> bool:
+        """Wait for a request's turn; False if it waited *max_wait* in vain.
+
+        Cancellation: a cancelled waiter leaves the queue; nothing was taken.
+        """
+        self._last_request = time.monotonic()
+        if not self._waiters and self._may_enter():
+            self._enter()
+            return True
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            with anyio.move_on_after(self.max_wait):
+                await event.wait()
+        except BaseException:  # cancelled: give back a turn it may have got
+            if event.is_set():
+                self.release()
+            else:
+                self._waiters.remove(event)
+            raise
+        if not event.is_set():
+            self._waiters.remove(event)
+            self.refused += 1
+            return False
+        return True  # `_wake` counted it in
+
+    def release(self) -> None:
+        """A request admitted by `admit` is done."""
+        self._last_request = time.monotonic()
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._may_enter():
+            self._enter()
+            self._waiters.popleft().set()
+
+
+class Admission:
+    """ASGI middleware letting HTTP requests in as *pace* allows.
+
+    Cancellation: a request cancelled while it waits for its turn (the client
+    left) takes nothing; one cancelled inside the app gives its turn back.
+    """
+
+    def __init__(self, app: ASGIApp, pace: TrainingPace) -> None:
+        self.app = app
+        self.pace = pace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        pace = self.pace
+        if not await pace.admit():
+            await _busy(send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            pace.release()
+
+
+async def _busy(send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", b"1"),
+                (b"content-length", str(len(_BUSY_BODY)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _BUSY_BODY})
+
+
+def _ewma(mean: float, value: float, weight: float) -> float:
+    return value if not mean else mean + weight * (value - mean)
