@@ -8,11 +8,12 @@ out `ServedVersion` objects: their `Signature` objects and an async ``predict``.
 from __future__ import annotations
 
 import enum
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Mapping
     from contextlib import AbstractAsyncContextManager
 
     import numpy as np
@@ -304,3 +305,33 @@ class ModelSource(Protocol):
         Raises `ServingError` (404) when that version does not serve.
         """
         ...
+
+
+class SingleVersion:
+    """A `ModelSource` of one version that always serves (a graph of your own).
+
+    For the REST routes over a graph a factory builds: *served* answers every
+    request for the model *name* (and for its version number).
+
+    Cancellation: nothing to cancel; see `ServedVersion`.
+    """
+
+    def __init__(self, name: str, served: ServedVersion) -> None:
+        self._name = name
+        self.served = served
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self._name
+
+    def statuses(self) -> list[VersionStatus]:
+        """The one version, available."""
+        return [VersionStatus(self.served.version, VersionState.AVAILABLE)]
+
+    @asynccontextmanager
+    async def use(self, version: int | None) -> AsyncIterator[ServedVersion]:
+        """The version, if *version* is None or its number (else 404)."""
+        if version is not None and version != self.served.version:
+            raise servable_not_found(self._name, version)
+        yield self.served

@@ -24,7 +24,15 @@ pytest.importorskip("starlette", reason="needs the serve extra")
 httpx = pytest.importorskip("httpx", reason="needs the test group")
 
 from asyncsess import _cli  # noqa: E402
+from asyncsess._json_tensor import TensorSpec  # noqa: E402
+from asyncsess._model_routes import ModelRoutes  # noqa: E402
 from asyncsess._model_server import create_model_app, default_model_name  # noqa: E402
+from asyncsess._signature import (  # noqa: E402
+    Signature,
+    SingleVersion,
+    TensorInfo,
+    find_signature,
+)
 from tests import _models  # noqa: E402
 
 if TYPE_CHECKING:
@@ -399,6 +407,47 @@ class TestRestApi:
             assert 'asyncsess_model_version{model="half"} 1.0' in text
             assert "asyncsess_batches_total" in text
             assert "asyncsess_batched_rows_total" in text
+
+
+class Doubler:
+    """A served version of no SavedModel: ``y = 2 * x`` in numpy."""
+
+    def __init__(self) -> None:
+        self.version = 7
+        spec = TensorSpec(np.float32, (None,))
+        self.signatures = {
+            "serving_default": Signature(
+                "serving_default",
+                inputs={"x": TensorInfo("x:0", spec)},
+                outputs={"y": TensorInfo("y:0", spec)},
+            )
+        }
+
+    async def predict(self, signature_name: str, inputs: Any) -> dict[str, Any]:
+        find_signature(self.signatures, signature_name).check_predict(inputs)
+        return {"y": inputs["x"] * 2}
+
+
+async def test_routes_serve_any_model_source() -> None:
+    """The REST layer without a SavedModel: what `serve MODULE:FACTORY` can reuse."""
+    from starlette.applications import Starlette
+
+    routes = ModelRoutes(SingleVersion("double", Doubler()), token=TOKEN)
+    app = Starlette(routes=routes.routes())
+    async with in_process(app) as client:
+        status = (await client.get("/v1/models/double/versions/7")).json()
+        assert status["model_version_status"][0]["state"] == "AVAILABLE"
+        metadata = (await client.get("/v1/models/double/metadata")).json()
+        assert metadata["model_spec"]["version"] == "7"
+        url = "/v1/models/double:predict"
+        body = {"instances": [1.0, 2.5]}
+        assert (await client.post(url, json=body)).status_code == 401
+        response = await client.post(url, json=body, headers=AUTH)
+        assert response.json() == {"predictions": [2.0, 5.0]}
+        response = await client.post(
+            "/v1/models/double/versions/8:predict", json=body, headers=AUTH
+        )
+        assert response.status_code == 404
 
 
 def _b64(data: bytes) -> str:
