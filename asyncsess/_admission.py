@@ -2,13 +2,13 @@
 
 Each request handled on the loop delays the training task's next turn, and
 under a few hundred clients the loop runs a step only between long runs of
-request callbacks: training nearly stops. `TrainingPace` measures the pace of
-training steps against their pace with no request in flight and, when serving
-slows training below *target* of it, lowers how many requests may be in the
-app at once (halving; raised again one at a time while training keeps up).
-Requests over the limit wait their turn in arrival order, which costs the
-loop nothing; one that waited *max_wait* seconds is answered 503 with
-``Retry-After``. With no training running the limit does not apply.
+request callbacks: training nearly stops. `TrainingPace` compares each
+training step's time with the steps no request overlapped (their lower
+quartile) and lets requests in at a rate per training step: halved on every
+step slower than *target* of that pace, raised by a quarter every 16 steps
+that keep up. Requests over the rate wait their turn in arrival order, which
+costs the loop nothing; one that waited *max_wait* seconds is answered 503
+with ``Retry-After``. With no training running nothing is limited.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _LEAST_RATE = 1 / 16  # requests per step: never less than one per 16 steps
 
 
 class TrainingPace:
-    """How many HTTP requests may be in flight so that training keeps *target*.
+    """How many HTTP requests may start per training step to keep *target* pace.
 
     The trainer calls `step` after every training step; `Admission` asks
     `admit` and `release` around every request.
