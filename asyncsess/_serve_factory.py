@@ -6,6 +6,7 @@ Nothing here imports Starlette until `create_factory_app` is called, so
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -35,7 +36,10 @@ class ServeSpec:
     returns a ServeSpec naming the tensors. With a ``train_op`` the service trains
     in the background (a `MonitoredTrainingSession` with these hooks and
     checkpoints) while it serves; without one it only serves, restoring the last
-    checkpoint of ``checkpoint_dir`` if there is one.
+    checkpoint of ``checkpoint_dir`` if there is one. Predictions run on that
+    session, batched through a `Batcher`, over TensorFlow Serving's REST API
+    (``POST /v1/models/NAME:predict``, one signature, ``serving_default``) and
+    ``POST /predict``.
 
     Attributes:
       inputs: Request names to the tensors they feed (placeholders, usually with
@@ -44,7 +48,8 @@ class ServeSpec:
       train_op: Run by every training step (None: serve only).
       loss: A scalar shown by ``GET /status`` and ``/metrics``, fetched with
         every training step.
-      hooks: Hooks of the training session (asyncsess or TensorFlow hooks).
+      hooks: Hooks of the training session (asyncsess or TensorFlow hooks);
+        without a ``train_op``, of the serving session, whose runs call none.
       chief_only_hooks: As `MonitoredTrainingSession`'s.
       checkpoint_dir: Checkpoints and summaries (default: ``--logdir``).
       scaffold: As `MonitoredTrainingSession`'s.
@@ -54,6 +59,8 @@ class ServeSpec:
       save_summaries_steps: As `MonitoredTrainingSession`'s.
       model_name: The model's name in TensorFlow Serving's routes,
         ``/v1/models/NAME``.
+
+    Cancellation: plain data; nothing here runs or waits.
     """
 
     inputs: Mapping[str, Any]
@@ -186,20 +193,26 @@ def create_factory_app(
     max_batch_size: int = 32,
     batch_timeout_secs: float = 0.001,
     allowed_hosts: tuple[str, ...] | None = None,
+    model_name: str | None = None,
     **options: Any,
 ) -> Starlette:
     """The app of ``serve MODULE:FACTORY``: the factory's graph, served (and trained).
 
     Loads *target* (``"package.module:factory"``), calls the factory in a new
     graph and checks the `ServeSpec` it returns; the session opens in the app's
-    lifespan. *options* are further `asyncsess._serve_app.create_app` keywords
-    (``max_rows``, ``step_interval``, ...).
+    lifespan. *model_name* (``--model-name``) overrides the spec's. *options*
+    are further `asyncsess._serve_trainer.ServiceConfig` fields (``max_rows``,
+    ``step_interval``, ``last_step``, ...).
 
     Raises:
       ServeSetupError: the target does not import, is not a factory, or built
         something that cannot be served; the message says what and how to fix it.
     """
     served = build_served(load_factory(target), target, logdir)
+    if model_name is not None:
+        name = _Checker(served.graph, target).model_name(model_name, "--model-name")
+        facts = {**served.facts, "model": name}
+        served = dataclasses.replace(served, model_name=name, facts=facts)
     from ._serve_app import create_graph_app
 
     return create_graph_app(
@@ -441,12 +454,15 @@ class _Checker:
             )
         return str(os.fspath(given))
 
-    def model_name(self, name: Any) -> str:
+    def model_name(self, name: Any, what: str = "") -> str:
         if not isinstance(name, str) or not name or "/" in name or ":" in name:
-            raise self.fail(
-                f"model_name is {name!r}; expected a non-empty name without '/' or "
-                "':' (it is the NAME of /v1/models/NAME)."
+            problem = (
+                f"is {name!r}; expected a non-empty name without '/' or ':' (it is "
+                "the NAME of /v1/models/NAME)."
             )
+            if what:
+                raise _setup_error(f"{what} {problem}")
+            raise self.fail(f"model_name {problem}")
         return name
 
 

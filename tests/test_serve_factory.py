@@ -131,6 +131,31 @@ class TestLoading:
         assert not only.trains
         assert not only.batchable  # "n" is a scalar: nothing to batch along
 
+    def test_model_name_overrides_the_spec(self, tmp_path: Path) -> None:
+        app = create_factory_app(TARGET, logdir=str(tmp_path), model_name="renamed")
+        assert app.state.model.name == "renamed"
+        assert app.state.trainer.status()["model"] == "renamed"
+        with pytest.raises(ServeSetupError, match="--model-name is 'a/b'"):
+            create_factory_app(TARGET, logdir=str(tmp_path), model_name="a/b")
+
+    def test_import_asyncsess_imports_no_web_framework(self) -> None:
+        code = (
+            "import sys, asyncsess; asyncsess.ServeSpec; "
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'prometheus_client')"
+            " if m in sys.modules))"
+        )
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        assert done.stdout.strip() == "[]"
+
     def test_the_command_line_prints_the_problem(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
