@@ -58,7 +58,7 @@ class _Tally:
 
 
 def _request(spec: dict[str, Any]) -> bytes:
-    body = spec["body"].encode()
+    body: bytes = spec["body"].encode()
     head = (
         f"{spec['method']} {spec['path']} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{spec['port']}\r\n"
@@ -155,7 +155,8 @@ class LoadRun:
 
     ``await LoadRun.start(...)`` spawns it; `started` and `stopped` are set when
     it prints ``start`` and ``stop`` (its measured window, on this side's clock:
-    `window`); `result` waits for its JSON.
+    `window`; `wait_started` and `wait_stopped` wait for them); `result` waits
+    for its JSON.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
@@ -212,10 +213,32 @@ class LoadRun:
             f"the load generator ended without a result (exit {await self.proc.wait()})"
         )
 
+    async def wait_started(self) -> None:
+        """Until the measured window opens (raises if the process failed first)."""
+        await self._until(self.started)
+
+    async def wait_stopped(self) -> None:
+        """Until the measured window ends (raises if the process failed first)."""
+        await self._until(self.stopped)
+
+    async def _until(self, event: asyncio.Event) -> None:
+        waiter = asyncio.ensure_future(event.wait())
+        await asyncio.wait([waiter, self._reading], return_when=asyncio.FIRST_COMPLETED)
+        if not event.is_set():
+            waiter.cancel()
+            await self._reading  # raises what went wrong
+            raise RuntimeError("the load generator answered before its window ended")
+
     def stop(self) -> None:
         """End the measured window now (before its ``seconds`` ran out)."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(b"stop\n")
+        if not self.stopped.is_set():
+            self.proc.stdin.write(b"stop\n")
+
+    def kill(self) -> None:
+        """End the process now if it still runs (after an error on this side)."""
+        if self.proc.returncode is None:
+            self.proc.kill()
 
     async def result(self) -> dict[str, Any]:
         """What the load generator measured (raises if it failed)."""
@@ -238,15 +261,10 @@ async def fetch(port: int, method: str, path: str, body: str) -> tuple[int, byte
         writer.close()
 
 
-async def load(port: int, path: str, body: str, **options: Any) -> dict[str, Any]:
-    """Run the load generator (see `LoadRun.start`) to the end; its result."""
-    run = await LoadRun.start(port, path, body, **options)
-    return await run.result()
-
-
 def failures(result: dict[str, Any]) -> int:
     """Answers other than 200 plus connection errors, over the whole run."""
-    return sum(result["statuses"].values()) + sum(result["errors"].values())
+    counts = [*result["statuses"].values(), *result["errors"].values()]
+    return sum(int(n) for n in counts)
 
 
 if __name__ == "__main__":

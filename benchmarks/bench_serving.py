@@ -202,12 +202,15 @@ async def measured(
     run = await LoadRun.start(
         port, path, body, connections=connections, seconds=seconds, warmup=warmup
     )
-    with GcPauses() as pauses:
-        await run.started.wait()
-        cpu, first = time.process_time(), mark() if mark else None
-        await run.stopped.wait()
-        cpu, last = time.process_time() - cpu, mark() if mark else None
-        got = await run.result()
+    try:
+        with GcPauses() as pauses:
+            await run.wait_started()
+            cpu, first = time.process_time(), mark() if mark else None
+            await run.wait_stopped()
+            cpu, last = time.process_time() - cpu, mark() if mark else None
+            got = await run.result()
+    finally:
+        run.kill()
     got["server_cpu"] = cpu / (run.window[1] - run.window[0])
     got["gc_pauses"] = pauses.pauses
     got["marks"] = (first, last)
@@ -253,7 +256,7 @@ def step_costs(model_dir: str) -> dict[int, float]:
         (y,) = (t.name for t in signature.outputs.values())
         call = sess.make_callable(y, [x])
         for rows in (1, 32):
-            batch = np.tile(np.float32(_mlp.instance()), (rows, 1))
+            batch = np.tile(np.asarray(_mlp.instance(), np.float32), (rows, 1))
             for _ in range(20):
                 call(batch)
             best = []
@@ -309,7 +312,7 @@ async def _http(model_dir: str, plan: Plan) -> dict[str, Any]:
 
 
 def _rps(result: dict[str, Any]) -> float:
-    return len(result["latencies"]) / result["seconds"]
+    return len(result["latencies"]) / float(result["seconds"])
 
 
 def _http_rows(
@@ -474,16 +477,19 @@ async def _swap(model_dir: str, tmp: Path, plan: Plan) -> dict[str, Any]:
             port, _PREDICT, body, connections=CLIENTS, seconds=plan.swap_seconds,
             warmup=_WARMUP_S,
         )  # fmt: skip
-        with GcPauses() as pauses:
-            await run.started.wait()
-            await asyncio.sleep(_BEFORE_SWAP_S)
-            start = time.perf_counter()
-            os.rename(staging, base / "2")  # written elsewhere, then moved in
-            swapped = await _served(versions, 2, run.stopped)
-            took = time.perf_counter() - start
-            await asyncio.sleep(_AFTER_SWAP_S)
-            run.stop()
-            result = await run.result()
+        try:
+            with GcPauses() as pauses:
+                await run.wait_started()
+                await asyncio.sleep(_BEFORE_SWAP_S)
+                start = time.perf_counter()
+                os.rename(staging, base / "2")  # written elsewhere, then moved in
+                swapped = await _served(versions, 2, run.stopped)
+                took = time.perf_counter() - start
+                await asyncio.sleep(_AFTER_SWAP_S)
+                run.stop()
+                result = await run.result()
+        finally:
+            run.kill()
         result["changed"] = await _check(port, _PREDICT, body) != first
     result["swapped_after"] = took if swapped else None
     result["gc_pauses"] = pauses.pauses
