@@ -11,8 +11,6 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-import threading
-import weakref
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
@@ -29,6 +27,7 @@ from ._exceptions import (
     explain_finalized,
     source_of,
 )
+from ._graph_use import GraphUse, graph_use
 from ._hook import SessionRunHook, describe, hook_name
 from ._queues import QueueRunners
 from ._recovery import Recovery, RecoveryPolicy, held_error, is_preemption
@@ -41,7 +40,6 @@ from ._tf import (
     TFSessionRunHook,
     default_graph,
     errors,
-    unfinalize_graph,
     v1,
 )
 from ._worker import WorkerThread, current_worker
@@ -173,8 +171,8 @@ class MonitoredSession:
         self._runners: QueueRunners | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
-        #: This session's count in its graph's `_GraphUse` (taken in open()).
-        self._graph_use: _GraphUse | None = None
+        #: This session's count in its graph's `GraphUse` (taken in open()).
+        self._graph_use: GraphUse | None = None
         #: The id and name of the task that opened the session: only that task
         #: can leave the session's task group.
         self._opener: tuple[int, str] | None = None
@@ -354,7 +352,7 @@ class MonitoredSession:
         `WorkerSessionCreator` waiting for a chief over the same graph lets the
         chief open meanwhile. Pinned by tests/test_hook_checks.py::TestOneGraph.
         """
-        use = _graph_use(self._graph)
+        use = graph_use(self._graph)
         turn = await use.take_turn(self._graph)
         self._graph_use = use  # released in _shutdown
         try:
@@ -378,7 +376,7 @@ class MonitoredSession:
             use.end_turn(turn)
 
     @staticmethod
-    def _graph_finalized_by_another(use: _GraphUse, exc: RuntimeError) -> bool:
+    def _graph_finalized_by_another(use: GraphUse, exc: RuntimeError) -> bool:
         """Whether *exc* is TF's error for a graph another open session finalized."""
         return (
             use.sessions > 1
@@ -941,66 +939,6 @@ class SingularMonitoredSession(MonitoredSession):
     def raw_session(self) -> Any:
         """The underlying `tf.compat.v1.Session`, or None when not open."""
         return self._tf_sess
-
-
-class _GraphUse:
-    """The asyncsess sessions over one graph, and whose turn it is to open.
-
-    Keyed by graph in `_GRAPH_USES` (weakly). It never refers to its graph: the
-    dictionary's values would keep their keys alive.
-    """
-
-    __slots__ = ("finalized_before", "sessions", "thread", "turn")
-
-    def __init__(self) -> None:
-        #: Sessions opening or open over the graph.
-        self.sessions = 0
-        #: Whether the graph was finalized before the first of them opened: then
-        #: it stays finalized (TensorFlow's rule), else the last to close
-        #: un-finalizes it.
-        self.finalized_before = False
-        #: Set when the session whose turn it is is done with the graph.
-        self.turn: anyio.Event | None = None
-        #: The thread (event loop) of the turn's session.
-        self.thread = 0
-
-    async def take_turn(self, graph: Any) -> anyio.Event:
-        """Wait for the graph, then count a session over it. Cancellation: waits."""
-        while self.turn is not None:
-            if self.thread == threading.get_ident():
-                await self.turn.wait()
-            else:  # another thread's event loop: its Event cannot be awaited here
-                await anyio.sleep(0.01)
-        turn = self.turn = anyio.Event()
-        self.thread = threading.get_ident()
-        if not self.sessions:
-            self.finalized_before = graph.finalized
-        # A graph that another of our sessions finalized stays finalized, as in
-        # TensorFlow: this session's begin() cannot add ops to it.
-        self.sessions += 1
-        return turn
-
-    def end_turn(self, turn: anyio.Event) -> None:
-        """End *turn*; again, or after another turn began, does nothing."""
-        if self.turn is turn:
-            self.turn = None
-            turn.set()
-
-    def release(self, graph: Any) -> None:
-        """A session over the graph closed: the last un-finalizes it (unless...)."""
-        self.sessions -= 1
-        if not self.sessions and not self.finalized_before:
-            unfinalize_graph(graph)
-
-
-_GRAPH_USES: weakref.WeakKeyDictionary[Any, _GraphUse] = weakref.WeakKeyDictionary()
-
-
-def _graph_use(graph: Any) -> _GraphUse:
-    use = _GRAPH_USES.get(graph)
-    if use is None:
-        use = _GRAPH_USES[graph] = _GraphUse()
-    return use
 
 
 def _log_close_error(error: BaseException) -> None:
