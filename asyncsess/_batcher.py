@@ -6,6 +6,7 @@ import copy
 import enum
 import itertools
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -13,9 +14,12 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import numpy as np
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from ._batch_split import join_parts, split_outputs, structure_key
 from ._batch_stats import BatchStats
-from ._exceptions import BatchQueueFullError
+from ._exceptions import BatchQueueFullError, collapse
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Mapping, Sequence
@@ -167,7 +171,13 @@ class Batcher:
             task_group.cancel_scope.cancel()
         self._arrival.set()  # else it finishes its batch, sees the state and ends
         self._task_group = None
-        return await task_group.__aexit__(exc_type, exc, tb)
+        # The body's own error propagates as it is (not wrapped in a group by
+        # the task group); only the scheduler's would come out of it.
+        try:
+            await task_group.__aexit__(None, None, None)
+        except BaseExceptionGroup as group:
+            raise collapse(group) from None
+        return None
 
     async def run(
         self, fetches: Any, feed_dict: Mapping[Any, Any] | None = None

@@ -470,6 +470,19 @@ class TestErrors:
         assert "closed before this call ran" in str(outcomes["waiting"])
         np.testing.assert_allclose(outcomes["running"], rows_of(1))
 
+    async def test_an_error_in_the_body_propagates_unwrapped(
+        self, rows_model: RowModel, session: asyncsess.MonitoredSession
+    ) -> None:
+        with pytest.raises(KeyError, match="mine"):
+            async with asyncsess.Batcher(session) as batcher:
+                await batcher.run(rows_model.doubled, {rows_model.x: rows_of(1)})
+                raise KeyError("mine")
+        with anyio.CancelScope() as scope:
+            async with asyncsess.Batcher(session):
+                scope.cancel()
+                await anyio.sleep(1)
+        assert scope.cancelled_caught
+
     async def test_a_closed_session_fails_the_waiting_calls(
         self, rows_model: RowModel
     ) -> None:
