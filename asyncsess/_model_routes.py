@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ._json_encode import encode_outputs, error_body
 from ._json_tensor import (
     JsonTensorError,
     decode_inputs,
-    encode_outputs,
-    error_body,
     loads_request,
     signature_name_of,
 )

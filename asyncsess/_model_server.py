@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from ._batch_stats import BatchStats
-from ._json_tensor import error_body
+from ._json_encode import error_body
 from ._model_graph import is_saved_model
 from ._model_metrics import ModelMetrics
 from ._model_openapi import openapi_document

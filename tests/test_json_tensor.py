@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from asyncsess._json_encode import encode_outputs, error_body
 from asyncsess._json_tensor import (
     JsonTensorError,
     TensorSpec,
     decode_inputs,
-    encode_outputs,
-    error_body,
     loads_request,
     signature_name_of,
 )
