@@ -1,8 +1,9 @@
-"""TensorFlow Serving's REST predict codec: JSON request bodies to numpy feeds and back.
+"""TensorFlow Serving's REST predict requests: JSON bodies to numpy feeds.
 
 Behaviour and error texts follow TF Serving's ``util/json_tensor.cc``: the row
 (``"instances"``) and columnar (``"inputs"``) formats, ``{"b64": ...}`` strings and
 ``NaN``/``Infinity`` floats. Pure numpy and the stdlib ``json``; no TensorFlow import.
+The answers are written by `asyncsess._json_encode`.
 """
 
 from __future__ import annotations
