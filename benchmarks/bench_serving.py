@@ -20,7 +20,12 @@ warm-up. The model is a small MLP (``_mlp.py``) exported by Keras 3's
   with no requests, in turns.
 - ``swap``: a base path with version 1 while 64 clients predict; version 2 (a
   folder written beforehand, renamed in) appears, is loaded and swapped in;
-  every answer other than 200 and every connection error is counted.
+  the run ends a second after it serves. Every answer other than 200 and every
+  connection error of the whole run is counted.
+
+Full collections of the garbage collector (``GcPauses``) and the CPU used by
+this process and by the load generator go in the rows' details: with
+TensorFlow imported, a full collection stops the loop for a long while.
 """
 
 from __future__ import annotations
