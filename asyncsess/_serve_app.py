@@ -36,7 +36,7 @@ from ._signature import (
     VersionState,
     VersionStatus,
     code_name,
-    not_found,
+    servable_not_found,
 )
 from ._tf import datatype_name, tf
 
@@ -471,9 +471,7 @@ class GraphSource:
     @asynccontextmanager
     async def use(self, version: int | None) -> AsyncIterator[GraphSource]:
         if version not in (None, self.version):
-            raise not_found(
-                f"Servable not found for request: Specific({self.name}, {version})"
-            )
+            raise servable_not_found(self.name, version)
         yield self
 
     async def predict(
