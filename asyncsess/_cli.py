@@ -180,6 +180,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="one device step per request",
     )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log a line per request (uvicorn's access log; off: it costs the "
+        "event loop more than a /status answer)",
+    )
     limits = serve.add_argument_group(
         "connection limits",
         "Clients that connect and send nothing, or trickle a request in, are "

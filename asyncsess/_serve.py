@@ -58,7 +58,13 @@ def main(args: argparse.Namespace | Sequence[str]) -> int:
     except ServeSetupError as exc:
         sys.stderr.write(f"asyncsess serve: error: {exc}\n")
         return EXIT_ERROR
-    return serve(app, args.host, args.port, HTTPLimits.from_args(args))
+    return serve(
+        app,
+        args.host,
+        args.port,
+        HTTPLimits.from_args(args),
+        access_log=getattr(args, "access_log", False),
+    )
 
 
 class ServeSetupError(Exception):
@@ -163,7 +169,12 @@ class HTTPLimits:
 
 
 def serve(
-    app: Starlette, host: str, port: int, limits: HTTPLimits | None = None
+    app: Starlette,
+    host: str,
+    port: int,
+    limits: HTTPLimits | None = None,
+    *,
+    access_log: bool = False,
 ) -> int:
     """Serve *app* with uvicorn until SIGINT/SIGTERM; the exit status.
 
@@ -194,6 +205,8 @@ def serve(
         # uvicorn annotates an int, and hands it to loop.call_later: a float works.
         timeout_keep_alive=limits.timeout_keep_alive,  # type: ignore[arg-type]
         timeout_graceful_shutdown=10,
+        # A line per request costs the loop more than answering /status does.
+        access_log=access_log,
         server_header=False,
         proxy_headers=False,
     )

@@ -91,6 +91,7 @@ class TestUsage:
             "--timeout-header S",
             "--timeout-body S",
             "--timeout-keep-alive S",
+            "--access-log",
         ):
             assert option in out
 
