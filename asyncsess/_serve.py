@@ -107,6 +107,7 @@ def _create_app(args: argparse.Namespace, token: str | None) -> Starlette:
         return create_factory_app(
             args.target,
             logdir=args.logdir,
+            model_name=args.model_name,
             token=token,
             batching=not args.no_batching,
             max_batch_size=args.max_batch_size,
