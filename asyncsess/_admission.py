@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 _BUSY_BODY = b'{"error": "the service is busy training; retry in a second."}'
-_ADJUST_EVERY = 16  # training steps between two adjustments of the limit
+_ADJUST_EVERY = 8  # training steps between two adjustments of the rate
+_STARVED = 10  # a step this many times its baseline adjusts at once
 _IDLE_AFTER = 1.0  # seconds without a step: training is not running
 _LEAST_RATE = 1 / 16  # requests per step: never less than one per 16 steps
 
@@ -67,12 +68,12 @@ class TrainingPace:
             self._alone.append(seconds)  # no request touched this step
             if len(self._alone) % _ADJUST_EVERY == 0:
                 self.baseline = statistics.quantiles(self._alone, n=4)[0]
-        self.recent = _ewma(self.recent, seconds, 0.1)
+        self.recent = _ewma(self.recent, seconds, 0.2)
         self._steps += 1
-        if self.pace() < self.target:  # starved steps are rare: act on each
-            self.rate = max(_LEAST_RATE, self.rate / 2)
-        elif self._steps % _ADJUST_EVERY == 0 and self.pace() > self.target + 0.15:
-            self.rate = min(float(self.most), self.rate * 1.25)
+        if self._steps % _ADJUST_EVERY == 0 or (
+            self.baseline and seconds > _STARVED * self.baseline
+        ):
+            self._adjust()
         self.tokens = min(self.tokens + self.rate, max(2.0, 2 * self.rate))
         self._wake()
 
@@ -80,6 +81,14 @@ class TrainingPace:
         """Training ended: requests are no longer limited."""
         self._last_step = -1e9
         self._wake()
+
+    def _adjust(self) -> None:
+        """Halve the rate if training fell behind *target*, else raise it."""
+        pace = self.pace()
+        if pace < self.target:
+            self.rate = max(_LEAST_RATE, self.rate / 2)
+        elif pace > self.target + 0.1:
+            self.rate = min(float(self.most), self.rate * 1.25 + 0.25)
 
     def pace(self) -> float:
         """Training's recent pace relative to its pace without requests (<= ~1)."""
@@ -140,16 +149,21 @@ class TrainingPace:
 class Admission:
     """ASGI middleware letting HTTP requests in as *pace* allows.
 
+    Paths in *exempt* (``POST /stop``: control never waits) always go in.
+
     Cancellation: a request cancelled while it waits for its turn (the client
     left) takes nothing; one cancelled inside the app gives its turn back.
     """
 
-    def __init__(self, app: ASGIApp, pace: TrainingPace) -> None:
+    def __init__(
+        self, app: ASGIApp, pace: TrainingPace, exempt: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.pace = pace
+        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         pace = self.pace

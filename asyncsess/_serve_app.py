@@ -17,6 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ._admission import Admission
 from ._json_tensor import JsonTensorError, TensorSpec, decode_inputs, loads_request
 from ._serve_factory import demo_graph
 from ._serve_metrics import finite_or_none
@@ -170,7 +171,11 @@ def create_graph_app(
         Route("/stop", _stop, methods=["POST"]),
         *rest.routes(),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)),
+        # Requests take turns with training steps (admission control).
+        Middleware(Admission, pace=trainer.pace, exempt=("/stop",)),
+    ]
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._admission import TrainingPace
 from ._batch_stats import BatchStats
 from ._batcher import Batcher
 from ._exceptions import BatchQueueFullError, SessionStateError, collapse
@@ -104,6 +105,8 @@ class Trainer:
         self.batch_stats = BatchStats()
         self.metrics.add_batching(self.batch_stats)
         self.clock = DeviceClock()
+        #: Lets requests in as training keeps its pace (`asyncsess._admission`).
+        self.pace = TrainingPace()
         #: Steps per second over the last few seconds of training.
         self.rate = RateMeter(window_secs=3.0)
         self.history: deque[tuple[int, float | None, float]] = deque(
@@ -253,6 +256,7 @@ class Trainer:
         self.loss = float(results.get("loss", math.nan))
         now = time.monotonic()
         self.rate.add(now, self.global_step)
+        self.pace.step(seconds)
         m = self.metrics
         m.steps.inc()
         m.global_step.set(self.global_step)
@@ -278,6 +282,7 @@ class Trainer:
         if session is not None and session.stop_reason is not None:
             self.stop_reason = str(session.stop_reason)
         self.running = False
+        self.pace.stopped()
         self.rate.clear()
         self.metrics.running.set(0)
         self.metrics.steps_per_sec.set(0)

@@ -26,10 +26,19 @@ class TestPace:
         pace = TrainingPace(target=0.6, most=64)
         steps(pace, 0.001, 32)
         pace._last_request = 1e18  # requests overlap every step from now on
-        steps(pace, 0.010, 10)  # ten times slower: starved
-        assert pace.rate == pytest.approx(1 / 16)
+        steps(pace, 0.005, 8)  # five times slower: halved once per 8 steps
+        assert pace.rate == 32
+        steps(pace, 0.005, 80)
+        assert pace.rate == pytest.approx(1 / 16)  # the floor
         steps(pace, 0.001, 400)  # keeping up again
         assert pace.rate > 1
+
+    def test_a_badly_starved_step_acts_at_once(self) -> None:
+        pace = TrainingPace(target=0.6, most=64)
+        steps(pace, 0.001, 32)
+        pace._last_request = 1e18
+        steps(pace, 0.050, 3)  # fifty times slower: every step halves
+        assert pace.rate == 8
 
     def test_bad_target(self) -> None:
         with pytest.raises(ValueError, match=r"target=1\.5"):
@@ -93,3 +102,39 @@ async def test_a_cancelled_waiter_takes_nothing() -> None:
     assert pace.in_flight == 0
     pace.stopped()
     assert await pace.admit()
+
+
+async def test_the_middleware_refuses_with_retry_after_and_exempts_stop() -> None:
+    httpx = pytest.importorskip("httpx")
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from asyncsess._admission import Admission
+
+    async def ok(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    pace = TrainingPace(max_wait=0.05)
+    steps(pace, 0.001, 32)
+    pace._last_request = 1e18
+    app = Starlette(
+        routes=[Route("/status", ok), Route("/stop", ok, methods=["POST"])],
+        middleware=[Middleware(Admission, pace=pace, exempt=("/stop",))],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/status")).status_code == 200  # a token left
+        pace.tokens = pace.rate = 0.0
+        pace.step(0.001)
+        pace.tokens = 0.0
+        busy = await client.get("/status")
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert "busy training" in busy.json()["error"]
+        assert (await client.post("/stop")).status_code == 200
+        pace.stopped()
+        assert (await client.get("/status")).status_code == 200
+    assert pace.in_flight == 0
