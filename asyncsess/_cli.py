@@ -181,6 +181,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="one device step per request",
     )
     serve.add_argument(
+        "--save-checkpoint-secs",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="seconds between periodic checkpoints while training (default: 600 "
+        "for the demo, the factory's own setting for MODULE:FACTORY)",
+    )
+    serve.add_argument(
         "--access-log",
         action="store_true",
         help="log a line per request (uvicorn's access log; off: it costs the "

@@ -108,6 +108,7 @@ def _create_app(args: argparse.Namespace, token: str | None) -> Starlette:
             args.target,
             logdir=args.logdir,
             model_name=args.model_name,
+            save_checkpoint_secs=args.save_checkpoint_secs,
             token=token,
             batching=not args.no_batching,
             max_batch_size=args.max_batch_size,
@@ -121,6 +122,12 @@ def _create_app(args: argparse.Namespace, token: str | None) -> Starlette:
         token=token,
         input_dim=getattr(args, "input_dim", 4),
         allowed_hosts=allowed_hosts,
+        save_checkpoint_secs=(
+            600.0 if args.save_checkpoint_secs is None else args.save_checkpoint_secs
+        ),
+        batching=not args.no_batching,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_secs=args.batch_timeout_ms / 1000,
     )
 
 

@@ -194,13 +194,15 @@ def create_factory_app(
     batch_timeout_secs: float = 0.001,
     allowed_hosts: tuple[str, ...] | None = None,
     model_name: str | None = None,
+    save_checkpoint_secs: float | None = None,
     **options: Any,
 ) -> Starlette:
     """The app of ``serve MODULE:FACTORY``: the factory's graph, served (and trained).
 
     Loads *target* (``"package.module:factory"``), calls the factory in a new
     graph and checks the `ServeSpec` it returns; the session opens in the app's
-    lifespan. *model_name* (``--model-name``) overrides the spec's. *options*
+    lifespan. *model_name* (``--model-name``) and *save_checkpoint_secs*
+    (``--save-checkpoint-secs``) override the spec's. *options*
     are further `asyncsess._serve_trainer.ServiceConfig` fields (``max_rows``,
     ``step_interval``, ``last_step``, ...).
 
@@ -213,6 +215,12 @@ def create_factory_app(
         name = _Checker(served.graph, target).model_name(model_name, "--model-name")
         facts = {**served.facts, "model": name}
         served = dataclasses.replace(served, model_name=name, facts=facts)
+    if save_checkpoint_secs is not None:
+        served = dataclasses.replace(
+            served,
+            save_checkpoint_secs=save_checkpoint_secs,
+            save_checkpoint_steps=None,
+        )
     from ._serve_app import create_graph_app
 
     return create_graph_app(

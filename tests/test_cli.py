@@ -92,6 +92,7 @@ class TestUsage:
             "--timeout-body S",
             "--timeout-keep-alive S",
             "--access-log",
+            "--save-checkpoint-secs S",
         ):
             assert option in out
 

@@ -180,6 +180,13 @@ async def test_a_client_leaving_mid_body_logs_no_error(
     assert caplog.text.count("disconnected during POST /echo") == 3
 
 
+def latest_step(logdir: Path) -> int:
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(logdir))
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
 async def test_serve_on_another_loopback_address_answers_it(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.2", 0))
@@ -187,6 +194,7 @@ async def test_serve_on_another_loopback_address_answers_it(tmp_path: Path) -> N
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "asyncsess", "serve", "--host", "127.0.0.2"]
     command += ["--port", str(port), "--logdir", str(tmp_path / "run")]
+    command += ["--save-checkpoint-secs", "0.5"]
     process = await anyio.open_process(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -208,6 +216,11 @@ async def test_serve_on_another_loopback_address_answers_it(tmp_path: Path) -> N
                         break
                     except httpx.TransportError:
                         await anyio.sleep(0.1)
+        # --save-checkpoint-secs: a periodic checkpoint past step 0 before the
+        # final one (600 s by default).
+        with anyio.fail_after(60):
+            while not await anyio.to_thread.run_sync(latest_step, tmp_path / "run"):  # noqa: ASYNC110
+                await anyio.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(60):
             code = await process.wait()

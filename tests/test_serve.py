@@ -440,3 +440,23 @@ async def _first_steps(client: httpx.AsyncClient, process: Any) -> dict[str, Any
             if status["global_step"] > 0:
                 return status
             await anyio.sleep(0.05)
+
+
+class TestLimits:
+    def test_the_body_limit_is_sized_from_the_model_input(self, tmp_path: Path) -> None:
+        from asyncsess._serve_app import body_limit
+
+        app = create_app(str(tmp_path / "run"), input_dim=4)
+        limit = app.state.trainer.config.max_body_bytes
+        assert limit == body_limit(1024, 4) < 1 << 20
+        # 1024 rows of 4 numbers as a client would write them fit.
+        body = json.dumps({"x": [[-1.2345678901234567e-05] * 4] * 1024})
+        assert len(body) < limit
+
+    def test_unexpected_keys_are_listed_briefly(self) -> None:
+        payload = {"x": [[1, 2, 3, 4]], **{f"k{i}" * 30: 1 for i in range(60_000)}}
+        with pytest.raises(Refused) as refused:
+            parse_rows(json.dumps(payload).encode(), 4, 1024)
+        assert refused.value.status == 422
+        assert len(refused.value.detail) < 400
+        assert "and 59995 more" in refused.value.detail
