@@ -52,6 +52,7 @@ def create_model_app(
     max_enqueued: int | None = None,
     max_body_bytes: int = 16 << 20,
     poll_secs: float = 1.0,
+    freeze_gc: bool = True,
 ) -> Starlette:
     """A Starlette app serving the SavedModel at *path* over TF Serving's REST API.
 
@@ -75,6 +76,9 @@ def create_model_app(
       max_enqueued: Most rows waiting to batch (503 beyond; None: no limit).
       max_body_bytes: Largest request body accepted (413 above).
       poll_secs: Seconds between looks for a newer version.
+      freeze_gc: Freeze each loaded version out of the garbage collector's
+        full collections, and collect a replaced one at a quiet moment (see
+        `asyncsess._model_versions.ModelVersions`).
 
     Raises:
       ServeSetupError: *path* is not a SavedModel nor a base path holding one.
@@ -95,7 +99,11 @@ def create_model_app(
         stats=stats,
     )
     versions = ModelVersions(
-        path, name=name, open_version=open_version, poll_secs=poll_secs
+        path,
+        name=name,
+        open_version=open_version,
+        poll_secs=poll_secs,
+        freeze_gc=freeze_gc,
     )
     metrics = ModelMetrics(versions, stats)
     rest = ModelRoutes(
