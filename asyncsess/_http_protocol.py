@@ -10,12 +10,16 @@ first request) and every body *body_timeout* seconds from the end of its head;
 a client that misses the deadline is disconnected. Past *max_connections* open
 connections a new one is answered 503 with ``Retry-After`` and closed, so idle
 sockets can never lock out the routes.
+
+`guarded_protocol` builds on uvicorn's httptools protocol (its C parser, of the
+``serve`` extra) when httptools is installed, else on its pure-Python h11 one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -35,27 +39,59 @@ _BUSY = (
 )
 
 
-class GuardedH11Protocol(H11Protocol):
+class _Deadlines:
+    """The deadlines and the connection limit, shared by both protocols below."""
+
+    head_timeout: ClassVar[float] = 10.0
+    body_timeout: ClassVar[float] = 30.0
+    max_connections: ClassVar[int] = 1000
+    _deadline: asyncio.TimerHandle | None = None
+    _waiting_for: str | None = None  # "head" or "body": what the deadline is for
+    connections: set[Any]
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+
+    def _admitted(self, transport: asyncio.Transport) -> bool:
+        """Refuse a connection past *max_connections*; else arm the head deadline."""
+        if len(self.connections) > self.max_connections:
+            logger.debug("Refused a connection: %d open", len(self.connections))
+            transport.write(_BUSY)
+            transport.close()
+            return False
+        self._arm("head", self.head_timeout)
+        return True
+
+    def _arm(self, what: str, seconds: float) -> None:
+        self._disarm()
+        self._waiting_for = what
+        self._deadline = self.loop.call_later(seconds, self._expired, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = None
+        self._waiting_for = None
+
+    def _expired(self, what: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        logger.debug(
+            "Closed a connection whose request %s did not arrive in time", what
+        )
+        self.transport.close()
+
+
+class GuardedH11Protocol(_Deadlines, H11Protocol):
     """`H11Protocol` with head and body deadlines and a connection limit.
 
     Configure it with `guarded_protocol`, which returns a subclass holding the
     limits (uvicorn builds one protocol object per connection from a class).
     """
 
-    head_timeout: ClassVar[float] = 10.0
-    body_timeout: ClassVar[float] = 30.0
-    max_connections: ClassVar[int] = 1000
-    _deadline: asyncio.TimerHandle | None = None
-    _waiting_for: Any = None  # the h11 state the deadline is for
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            logger.debug("Refused a connection: %d open", len(self.connections))
-            transport.write(_BUSY)
-            transport.close()
-            return
-        self._arm(h11.IDLE, self.head_timeout)
+        self._admitted(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -75,45 +111,64 @@ class GuardedH11Protocol(H11Protocol):
     def _follow(self) -> None:
         """Arm the deadline for what the client is sending now, if any."""
         state = self.conn.their_state
-        if state is self._waiting_for:
-            return
-        if state is h11.IDLE:  # the first bytes of a new request head
-            self._arm(state, self.head_timeout)
-        elif state is h11.SEND_BODY:
-            self._arm(state, self.body_timeout)
-        else:  # the request is complete (or the connection is done)
+        what = {h11.IDLE: "head", h11.SEND_BODY: "body"}.get(state)
+        if what is None:  # the request is complete (or the connection is done)
+            self._disarm()
+        elif what != self._waiting_for:
+            self._arm(what, self.head_timeout if what == "head" else self.body_timeout)
+
+
+if importlib.util.find_spec("httptools") is not None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
+        """`HttpToolsProtocol` with head and body deadlines and a connection limit."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._admitted(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._waiting_for != "head":  # a keep-alive request's first bytes
+                self._arm("head", self.head_timeout)
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._arm("body", self.body_timeout)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
             self._disarm()
 
-    def _arm(self, state: Any, seconds: float) -> None:
-        self._disarm()
-        self._waiting_for = state
-        self._deadline = self.loop.call_later(seconds, self._expired, state)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = None
-        self._waiting_for = None
-
-    def _expired(self, state: Any) -> None:
-        self._deadline = None
-        if self.transport.is_closing():
-            return
-        what = "request head" if state is h11.IDLE else "request body"
-        logger.debug("Closed a connection whose %s did not arrive in time", what)
-        self.transport.close()
+    _BASE: type[_Deadlines] = GuardedHttpToolsProtocol
+else:  # pragma: no cover - httptools is part of the serve extra
+    _BASE = GuardedH11Protocol
 
 
 def guarded_protocol(
-    *, head_timeout: float, body_timeout: float, max_connections: int
-) -> type[GuardedH11Protocol]:
-    """A `GuardedH11Protocol` class with these limits, for ``uvicorn.Config(http=)``."""
-    return type(
-        "GuardedH11Protocol",
-        (GuardedH11Protocol,),
+    *,
+    head_timeout: float,
+    body_timeout: float,
+    max_connections: int,
+    base: type[_Deadlines] | None = None,
+) -> type[asyncio.Protocol]:
+    """A guarded protocol class with these limits, for ``uvicorn.Config(http=)``.
+
+    *base* is `GuardedH11Protocol` or ``GuardedHttpToolsProtocol`` (the default
+    when httptools is installed).
+    """
+    protocol = type(
+        "GuardedProtocol",
+        (base or _BASE,),
         {
             "head_timeout": head_timeout,
             "body_timeout": body_timeout,
             "max_connections": max_connections,
         },
     )
+    return cast("type[asyncio.Protocol]", protocol)

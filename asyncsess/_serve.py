@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
+    import uvicorn
     from starlette.applications import Starlette
 
 logger = logging.getLogger("asyncsess.serve")
@@ -192,11 +193,48 @@ def serve(
     """
     import uvicorn
 
+    config = uvicorn_config(app, host, port, limits, access_log=access_log)
+    server = uvicorn.Server(config)
+    try:
+        # Bound before training starts, so a busy port fails fast and cleanly.
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn logged why
+        return EXIT_ERROR
+    # uvicorn re-raises the signal that stopped it once it is done; these
+    # handlers take it and any later one (the process is on its way out), so
+    # a graceful shutdown exits 0 instead of dying of a signal.
+    for sig in _SIGNALS:
+        signal.signal(sig, _after_shutdown)
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # the lifespan failed to start; uvicorn logged why
+        return EXIT_ERROR
+    finally:
+        sock.close()
+    return _outcome(app, server.started)
+
+
+def uvicorn_config(
+    app: Starlette,
+    host: str,
+    port: int,
+    limits: HTTPLimits | None = None,
+    *,
+    access_log: bool = False,
+    **more: Any,
+) -> uvicorn.Config:
+    """How ``serve`` runs *app* under uvicorn (benchmarks use it too).
+
+    The app is wrapped in `QuietDisconnects`; the protocol is the guarded
+    httptools (or h11) one with *limits*; the loop is uvloop when installed.
+    """
+    import uvicorn
+
     from ._asgi_guard import QuietDisconnects
     from ._http_protocol import guarded_protocol
 
     limits = limits or HTTPLimits()
-    config = uvicorn.Config(
+    return uvicorn.Config(
         QuietDisconnects(app),
         host=host,
         port=port,
@@ -217,25 +255,8 @@ def serve(
         access_log=access_log,
         server_header=False,
         proxy_headers=False,
+        **more,
     )
-    server = uvicorn.Server(config)
-    try:
-        # Bound before training starts, so a busy port fails fast and cleanly.
-        sock = config.bind_socket()
-    except SystemExit:  # uvicorn logged why
-        return EXIT_ERROR
-    # uvicorn re-raises the signal that stopped it once it is done; these
-    # handlers take it and any later one (the process is on its way out), so
-    # a graceful shutdown exits 0 instead of dying of a signal.
-    for sig in _SIGNALS:
-        signal.signal(sig, _after_shutdown)
-    try:
-        server.run(sockets=[sock])
-    except SystemExit:  # the lifespan failed to start; uvicorn logged why
-        return EXIT_ERROR
-    finally:
-        sock.close()
-    return _outcome(app, server.started)
 
 
 def _outcome(app: Starlette, started: bool) -> int:

@@ -24,7 +24,11 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from asyncsess._asgi_guard import QuietDisconnects  # noqa: E402
-from asyncsess._http_protocol import guarded_protocol  # noqa: E402
+from asyncsess._http_protocol import (  # noqa: E402
+    _BASE,
+    GuardedH11Protocol,
+    guarded_protocol,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -46,6 +50,17 @@ APP = Starlette(
 )
 
 
+#: Both protocols: httptools' (the default, from the serve extra) and h11's.
+BASES = sorted({_BASE, GuardedH11Protocol}, key=lambda c: c.__name__)
+_base: list[type] = [_BASE]
+
+
+@pytest.fixture(params=BASES, ids=lambda c: c.__name__)
+def protocol_base(request: pytest.FixtureRequest) -> type:
+    _base[0] = request.param
+    return request.param  # type: ignore[no-any-return]
+
+
 @asynccontextmanager
 async def serving(
     head: float = 10.0, body: float = 30.0, most: int = 1000, keep_alive: float = 5.0
@@ -54,7 +69,7 @@ async def serving(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     protocol = guarded_protocol(
-        head_timeout=head, body_timeout=body, max_connections=most
+        head_timeout=head, body_timeout=body, max_connections=most, base=_base[0]
     )
     config = uvicorn.Config(
         QuietDisconnects(APP),
@@ -88,7 +103,7 @@ async def closed_by_server(stream: anyio.abc.ByteStream, within: float) -> bool:
     return False
 
 
-async def test_idle_sockets_do_not_lock_out_the_routes() -> None:
+async def test_idle_sockets_do_not_lock_out_the_routes(protocol_base: type) -> None:
     async with serving(head=1.0) as port:
         idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(300)]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -102,7 +117,7 @@ async def test_idle_sockets_do_not_lock_out_the_routes() -> None:
             await stream.aclose()
 
 
-async def test_a_trickling_request_head_is_cut_off() -> None:
+async def test_a_trickling_request_head_is_cut_off(protocol_base: type) -> None:
     async with serving(head=1.0) as port:
         stream = await anyio.connect_tcp("127.0.0.1", port)
         await stream.send(b"GET /status HTTP/1.1\r\n")
@@ -121,7 +136,9 @@ async def test_a_trickling_request_head_is_cut_off() -> None:
         assert cut
 
 
-async def test_a_trickling_body_is_cut_off_but_a_whole_one_answers() -> None:
+async def test_a_trickling_body_is_cut_off_but_a_whole_one_answers(
+    protocol_base: type,
+) -> None:
     async with serving(head=5.0, body=1.0) as port:
         stream = await anyio.connect_tcp("127.0.0.1", port)
         await stream.send(
@@ -135,7 +152,9 @@ async def test_a_trickling_body_is_cut_off_but_a_whole_one_answers() -> None:
         assert answer.json() == {"bytes": 100_000}
 
 
-async def test_keep_alive_requests_are_not_cut_by_the_head_deadline() -> None:
+async def test_keep_alive_requests_are_not_cut_by_the_head_deadline(
+    protocol_base: type,
+) -> None:
     async with (
         serving(head=0.3, keep_alive=30) as port,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
@@ -145,7 +164,7 @@ async def test_keep_alive_requests_are_not_cut_by_the_head_deadline() -> None:
             await anyio.sleep(0.5)  # idle longer than the head deadline
 
 
-async def test_past_max_connections_a_connection_gets_503() -> None:
+async def test_past_max_connections_a_connection_gets_503(protocol_base: type) -> None:
     async with serving(most=5) as port:
         held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(5)]
         await anyio.sleep(0.2)
@@ -162,7 +181,7 @@ async def test_past_max_connections_a_connection_gets_503() -> None:
 
 
 async def test_a_client_leaving_mid_body_logs_no_error(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, protocol_base: type
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         async with serving() as port:
