@@ -10,6 +10,8 @@ import tensorflow as tf
 import asyncsess
 
 API_NAMES = {
+    "BatchQueueFullError",
+    "Batcher",
     "MonitoredSession",
     "SingularMonitoredSession",
     "MonitoredTrainingSession",
