@@ -148,6 +148,12 @@ def create_graph_app(
     Cancellation: the app's lifespan owns the training task; see
     `Trainer.running_in_background`.
     """
+    if "max_body_bytes" not in settings:
+        numbers = numbers_per_row(served.inputs)
+        if numbers is not None:
+            settings["max_body_bytes"] = body_limit(
+                settings.get("max_rows", ServiceConfig.max_rows), numbers
+            )
     config = ServiceConfig(**settings)
     if allowed_hosts is None:
         allowed_hosts = config.allowed_hosts
@@ -381,6 +387,22 @@ def parse_rows(body: bytes, input_dim: int, max_rows: int) -> np.ndarray[Any, An
     for i, row in enumerate(rows):
         _check_row(i, row, input_dim)
     return np.asarray(rows, dtype=np.float32)
+
+
+def numbers_per_row(inputs: Mapping[str, Any]) -> int | None:
+    """Numbers one row of *inputs* holds; None when a shape or dtype leaves it open.
+
+    Numeric inputs whose dimensions after the first are all known, only: a
+    string input, or an unknown dimension, has no bound to size a body from.
+    """
+    total = 0
+    for tensor in inputs.values():
+        dims = tensor.shape.as_list() if tensor.shape.rank is not None else None
+        numeric = tensor.dtype.is_floating or tensor.dtype.is_integer
+        if not dims or any(d is None for d in dims[1:]) or not numeric:
+            return None
+        total += math.prod(dims[1:])
+    return total
 
 
 def body_limit(rows: int, numbers_per_row: int) -> int:

@@ -100,6 +100,9 @@ PAGE = f"""<!doctype html>
 <canvas id="loss-chart" width="900" height="300" data-points="0"></canvas>
 <h2>Steps per second</h2>
 <canvas id="rate-chart" width="900" height="160" data-points="0"></canvas>
+<p>The API: <a href="/openapi.json">/openapi.json</a> (OpenAPI), with
+<a href="/status">/status</a>, <a href="/metrics">/metrics</a> and TensorFlow
+Serving's <code>/v1/models/&hellip;</code> routes.</p>
 <script>{_SCRIPT}</script>
 </body>
 </html>

@@ -138,6 +138,16 @@ class TestLoading:
         with pytest.raises(ServeSetupError, match="--model-name is 'a/b'"):
             create_factory_app(TARGET, logdir=str(tmp_path), model_name="a/b")
 
+    def test_the_body_limit_is_sized_from_the_inputs(self, tmp_path: Path) -> None:
+        from asyncsess._serve_app import body_limit
+
+        app = create_factory_app(TARGET, logdir=str(tmp_path))
+        limit = app.state.trainer.config.max_body_bytes
+        assert limit == body_limit(1024, _factory_models.FEATURES) < 1 << 20
+        # A string input has no bound: TensorFlow Serving's 1 MiB default stays.
+        only = create_factory_app("tests._factory_models:serve_only", logdir="x")
+        assert only.state.trainer.config.max_body_bytes == 1 << 20
+
     def test_import_asyncsess_imports_no_web_framework(self) -> None:
         code = (
             "import sys, asyncsess; asyncsess.ServeSpec; "
