@@ -9,7 +9,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
@@ -30,18 +30,6 @@ if TYPE_CHECKING:
     from ._session import MonitoredSession
 
 
-class _Unawaited:
-    """The ``done`` of a call run in its own task: nobody waits for it."""
-
-    _set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-
 _EWMA = 0.2  # weight of the newest step in the measured step time and batch size
 
 
@@ -58,7 +46,7 @@ class _Part:
     feeds: dict[Any, np.ndarray]
     rows: int
     enqueued: float
-    done: anyio.Event | _Unawaited
+    done: anyio.Event
     outputs: Any = None
     error: BaseException | None = None
     running: bool = False
@@ -67,7 +55,8 @@ class _Part:
 class _Queue:
     """The calls of one signature (fetch structure and feed keys), oldest first."""
 
-    def __init__(self, fetches: Any, feed_keys: tuple[Any, ...]) -> None:
+    def __init__(self, key: Hashable, fetches: Any, feed_keys: tuple[Any, ...]) -> None:
+        self.key = key
         self.fetches = fetches
         self.feed_keys = feed_keys
         self.parts: deque[_Part] = deque()
@@ -140,6 +129,7 @@ class Batcher:
         self._step_secs = 0.0  # measured, smoothed
         self._batch_rows = 1.0  # measured, smoothed
         self._running = False  # a batch holds the device
+        self._alone_running = 0  # lone calls started in the task group
 
     def __repr__(self) -> str:
         return (
@@ -167,8 +157,8 @@ class Batcher:
         self._fail_waiting(RuntimeError(f"{self!r} was closed before this call ran"))
         task_group = self._task_group
         assert task_group is not None
-        if not self._running:  # nothing on the device: the scheduler can go now
-            task_group.cancel_scope.cancel()
+        if not self._running and not self._alone_running:
+            task_group.cancel_scope.cancel()  # nothing on the device: all can go
         self._arrival.set()  # else it finishes its batch, sees the state and ends
         self._task_group = None
         # The body's own error propagates as it is (not wrapped in a group by
@@ -211,7 +201,7 @@ class Batcher:
         parts = self._enqueue(queue, feeds, rows)
         try:
             for part in parts:
-                await cast("anyio.Event", part.done).wait()
+                await part.done.wait()
         except BaseException:
             self._withdraw(queue, parts)
             raise
@@ -223,15 +213,16 @@ class Batcher:
         return join_parts(fetches, [part.outputs for part in parts])
 
     def _alone(self, rows: int) -> bool:
-        """Whether a call can run at once in its caller's task: lone traffic.
+        """Whether a call can run at once, as a batch of its own: lone traffic.
 
         Nothing waits or runs, the device is idle and recent batches held one
-        call each: no one to batch with, so the hop to the scheduler is saved.
+        call each: no one to batch with, so the scheduler's wait is skipped.
         """
         return (
             self._queued_rows == 0
             and rows <= self._max_rows
             and not self._running
+            and not self._alone_running
             and self._batch_rows < 1.5
             and not self._session._busy
         )
@@ -239,26 +230,48 @@ class Batcher:
     async def _run_alone(
         self, fetches: Any, feeds: dict[Any, np.ndarray], rows: int
     ) -> Any:
-        part = _Part(feeds, rows, anyio.current_time(), _Unawaited(), running=True)
+        part = _Part(feeds, rows, anyio.current_time(), anyio.Event(), running=True)
         self.stats.calls += 1
-        try:
-            async with self._session._unhooked_turn() as run:
-                await self._run_parts(run, fetches, tuple(feeds), [part])
-        finally:
-            self._arrival.set()  # calls that came meanwhile need not wait longer
+        self._alone_running += 1
+        assert self._task_group is not None
+        # In the Batcher's task, as a batch: a cancelled caller drops its result
+        # and leaves at once, the step is not cancelled under the others.
+        self._task_group.start_soon(self._run_lone, fetches, part)
+        await part.done.wait()
         if part.error is not None:
             raise part.error
         return part.outputs
 
+    async def _run_lone(self, fetches: Any, part: _Part) -> None:
+        try:
+            async with self._session._unhooked_turn() as run:
+                await self._run_parts(run, fetches, tuple(part.feeds), [part])
+        except Exception as exc:  # the session refused the turn (closed, broken)
+            self._resolve([part], exc)
+        except BaseException:  # cancelled: close() after the body failed
+            self._resolve([part], RuntimeError(f"{self!r} was closed mid-batch"))
+            raise
+        finally:
+            self._alone_running -= 1
+            self._arrival.set()  # calls that came meanwhile need not wait longer
+
     def _queue_for(self, fetches: Any, feeds: Mapping[Any, np.ndarray]) -> _Queue:
         feed_keys = tuple(feeds)
-        # Rows of other shapes or types cannot be concatenated: they batch apart.
-        layout = tuple((value.shape[1:], value.dtype) for value in feeds.values())
+        # Rows of other shapes or types cannot be concatenated: they batch apart
+        # (strings of any length do concatenate).
+        layout = tuple(
+            (value.shape[1:], _kind(value.dtype)) for value in feeds.values()
+        )
         key = (structure_key(fetches), feed_keys, layout)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue(fetches, feed_keys)
+            queue = self._queues[key] = _Queue(key, fetches, feed_keys)
         return queue
+
+    def _forget_if_empty(self, queue: _Queue) -> None:
+        """Drop an empty queue: clients choose the keys, which must not pile up."""
+        if not queue.parts and self._queues.get(queue.key) is queue:
+            del self._queues[queue.key]
 
     def _enqueue(
         self, queue: _Queue, feeds: dict[Any, np.ndarray], rows: int
@@ -296,6 +309,7 @@ class Batcher:
                     continue
                 queue.rows -= part.rows
                 self._dequeued(part.rows)
+        self._forget_if_empty(queue)
 
     def _dequeued(self, rows: int) -> None:
         self._queued_rows -= rows
@@ -309,6 +323,7 @@ class Batcher:
                 part.error = error
                 part.done.set()
             queue.rows = 0
+        self._queues.clear()
 
     # -- the scheduler task ---------------------------------------------------------
 
@@ -332,16 +347,23 @@ class Batcher:
             wait = oldest.parts[0].enqueued + self._wait() - anyio.current_time()
             if wait <= 0:
                 return oldest
+            full = self._full_queue()  # only while the oldest is not due: no starving
+            if full is not None:
+                return full
             self._arrival = anyio.Event()
             with anyio.move_on_after(wait):
                 await self._arrival.wait()
         return None
 
-    def _oldest_waiting(self) -> _Queue | None:
-        oldest: _Queue | None = None
+    def _full_queue(self) -> _Queue | None:
         for queue in self._queues.values():
             if queue.rows >= self._max_rows:
                 return queue
+        return None
+
+    def _oldest_waiting(self) -> _Queue | None:
+        oldest: _Queue | None = None
+        for queue in self._queues.values():
             if queue.parts and (
                 oldest is None or queue.parts[0].enqueued < oldest.parts[0].enqueued
             ):
@@ -377,6 +399,7 @@ class Batcher:
         for part in parts:
             part.running = True
             self._dequeued(part.rows)
+        self._forget_if_empty(queue)
         return parts
 
     async def _run_parts(
@@ -487,6 +510,11 @@ def _copy_error(error: BaseException) -> BaseException:
         return error
     clone.__cause__, clone.__context__ = error.__cause__, error.__context__
     return clone.with_traceback(error.__traceback__)
+
+
+def _kind(dtype: np.dtype[Any]) -> Any:
+    """What rows must share to be concatenated: the dtype, or for text its kind."""
+    return dtype.kind if dtype.kind in "USO" else dtype
 
 
 def _name(key: Any) -> str:

@@ -39,6 +39,8 @@ class RowModel:
             self.doubled = tf.identity(self.x * 2.0 + 1.0, name="doubled")
             self.score = tf.reduce_sum(self.x * self.w, axis=1, name="score")
             self.shifted = tf.add(self.k, 10, name="shifted")
+            self.words = v1.placeholder(tf.string, [None], name="words")
+            self.upper = tf.strings.upper(self.words, name="upper")
             rows = tf.shape(self.x)[0]
             self.seen = tf.fill([rows], rows, name="seen")  # the batch's row count
             self.total = tf.reduce_sum(self.x, name="total")  # not row-aligned
@@ -278,10 +280,63 @@ class TestWaiting:
                         )
         assert batcher.stats.rows == 6
 
+    async def test_queues_do_not_pile_up_and_strings_of_any_length_batch(
+        self, rows_model: RowModel, session: asyncsess.MonitoredSession
+    ) -> None:
+        m = rows_model
+        async with asyncsess.Batcher(session) as batcher:
+            for width in range(4, 30):  # a queue per row shape, each refused by TF
+                with pytest.raises(ValueError, match="Cannot feed value of shape"):
+                    await batcher.run(m.doubled, {m.x: np.ones((1, width))})
+            assert batcher._queues == {}
+            before = batcher.stats.batches
+            started, release = anyio.Event(), anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_device, session, started, release)
+                await started.wait()
+                for word in ("a", "bcd", "efghij"):
+                    tg.start_soon(batcher.run, m.upper, {m.words: [word]})
+                await wait_queued(batcher, 3)
+                release.set()
+            assert batcher._queues == {}
+        assert batcher.stats.batches == before + 1
+
+    async def test_a_full_queue_does_not_starve_another_signature(
+        self, rows_model: RowModel, session: asyncsess.MonitoredSession
+    ) -> None:
+        m = rows_model
+        done: list[str] = []
+        started, release = anyio.Event(), anyio.Event()
+        async with (
+            asyncsess.Batcher(session, max_batch_size=4) as batcher,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def call(name: str, fetch: Any, rows: int) -> None:
+                await batcher.run(fetch, {m.x: rows_of(rows)})
+                done.append(name)
+
+            tg.start_soon(hold_device, session, started, release)
+            await started.wait()
+            for name, fetch, rows in [
+                ("A", m.doubled, 4),
+                ("B", m.doubled, 4),
+                ("light", m.score, 1),
+                ("C", m.doubled, 4),
+                ("D", m.doubled, 4),
+            ]:
+                tg.start_soon(call, name, fetch, rows)
+                await wait_queued(batcher, batcher.stats.queued_rows + rows)
+            release.set()
+        assert done.index("light") < done.index("C")
+
 
 class TestCancellation:
     async def test_a_lone_caller_cancelled_on_the_device(
-        self, rows_model: RowModel, session: asyncsess.MonitoredSession
+        self,
+        rows_model: RowModel,
+        session: asyncsess.MonitoredSession,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         m = rows_model
         async with asyncsess.Batcher(session) as batcher:
@@ -290,9 +345,13 @@ class TestCancellation:
                     tg.start_soon(batcher.run, m.blocked, {m.x: rows_of(1)})
                     await anyio.to_thread.run_sync(m.entered.wait, 30)
                     scope.cancel()
+            await anyio.sleep(0.5)  # past the session's step-cancel grace
             m.release.set()
             out = await batcher.run(m.seen, {m.x: rows_of(2)})
         assert out.tolist() == [2, 2]
+        # Only the caller's share was dropped: the step itself ran to its end.
+        assert "cancelled step" not in caplog.text
+        assert batcher.stats.rows == 3
 
     async def test_a_cancelled_waiting_caller_is_taken_out(
         self, rows_model: RowModel, session: asyncsess.MonitoredSession
