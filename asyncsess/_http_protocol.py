@@ -139,11 +139,33 @@ if importlib.util.find_spec("httptools") is not None:
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            self._arm("body", self.body_timeout)
+            if self.pipeline:  # queued behind a request in flight: not read yet
+                self._disarm()
+            else:
+                self._arm("body", self.body_timeout)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._disarm()
+            # Answered before its body was all in (a 401, a 413): uvicorn's
+            # keep-alive timer, armed by the answer, was stopped by the rest
+            # of the body arriving; without it the connection stays for ever.
+            cycle = self.cycle
+            if (
+                cycle is not None
+                and cycle.response_complete
+                and self.timeout_keep_alive_task is None
+                and not self.transport.is_closing()
+            ):
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            cycle = self.cycle  # a pipelined request uvicorn started now
+            if cycle is not None and not cycle.response_complete and cycle.more_body:
+                self._arm("body", self.body_timeout)
 
     _BASE: type[_Deadlines] = GuardedHttpToolsProtocol
 else:  # pragma: no cover - httptools is part of the serve extra

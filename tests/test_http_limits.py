@@ -45,8 +45,17 @@ async def echo(request: Request) -> JSONResponse:
     return JSONResponse({"bytes": len(await request.body())})
 
 
+async def slow(request: Request) -> JSONResponse:
+    await anyio.sleep(1.5)
+    return JSONResponse({"slow": True})
+
+
 APP = Starlette(
-    routes=[Route("/status", status), Route("/echo", echo, methods=["POST"])]
+    routes=[
+        Route("/status", status),
+        Route("/slow", slow),
+        Route("/echo", echo, methods=["POST"]),
+    ]
 )
 
 
@@ -162,6 +171,44 @@ async def test_keep_alive_requests_are_not_cut_by_the_head_deadline(
         for _ in range(3):
             assert (await client.get("/status")).status_code == 200
             await anyio.sleep(0.5)  # idle longer than the head deadline
+
+
+async def test_a_body_finished_after_the_answer_leaves_no_idle_socket(
+    protocol_base: type,
+) -> None:
+    # An answer before the whole body (a route that does not read it, a 401, a
+    # 503): once the rest arrives, the connection must not stay open for ever.
+    async with serving(head=1.0, body=1.0, keep_alive=1.0) as port:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        await stream.send(
+            b"GET /status HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345"
+        )
+        with anyio.fail_after(10):
+            assert (await stream.receive()).startswith(b"HTTP/1.1 200")
+        await anyio.sleep(0.2)
+        await stream.send(b"67890")  # the rest of the body, in good time
+        with anyio.fail_after(30):
+            assert await closed_by_server(stream, within=20)
+        await stream.aclose()
+
+
+async def test_a_pipelined_body_is_not_timed_while_it_waits_its_turn(
+    protocol_base: type,
+) -> None:
+    async with serving(head=5.0, body=1.0) as port:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        await stream.send(
+            b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n"
+        )
+        await anyio.sleep(0.2)
+        await stream.send(b"abcde")  # the body, 0.2 s after its head
+        got = b""
+        with anyio.fail_after(30):
+            while got.count(b"HTTP/1.1 200") < 2 or not got.endswith(b"}"):
+                got += await stream.receive()
+        await stream.aclose()
+        assert b'{"bytes":5}' in got
 
 
 async def test_past_max_connections_a_connection_gets_503(protocol_base: type) -> None:
