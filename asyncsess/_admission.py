@@ -114,14 +114,14 @@ class TrainingPace:
         Cancellation: a cancelled waiter leaves the queue; nothing was taken.
         """
         self._last_request = time.monotonic()
+        self._wake()  # training may have gone idle since the last wake
         if not self._waiters and self._may_enter():
             self._enter()
             return True
         event = anyio.Event()
         self._waiters.append(event)
         try:
-            with anyio.move_on_after(self.max_wait):
-                await event.wait()
+            await self._wait_turn(event)
         except BaseException:  # cancelled: give back a turn it may have got
             if event.is_set():
                 self.release()
@@ -133,6 +133,19 @@ class TrainingPace:
             self.refused += 1
             return False
         return True  # `_wake` counted it in
+
+    async def _wait_turn(self, event: anyio.Event) -> None:
+        """Wait for *event*, at most *max_wait*; wake all if training goes idle."""
+        left = self.max_wait
+        while not event.is_set() and left > 0:
+            # No step in _IDLE_AFTER seconds means no training: nothing to wait for.
+            idle_in = self._last_step + _IDLE_AFTER - time.monotonic()
+            wait = min(left, max(idle_in, 0.01))
+            started = time.monotonic()
+            with anyio.move_on_after(wait):
+                await event.wait()
+            left -= time.monotonic() - started
+            self._wake()
 
     def release(self) -> None:
         """A request admitted by `admit` is done."""

@@ -138,3 +138,19 @@ async def test_the_middleware_refuses_with_retry_after_and_exempts_stop() -> Non
         pace.stopped()
         assert (await client.get("/status")).status_code == 200
     assert pace.in_flight == 0
+
+
+async def test_waiters_go_in_once_training_stalls() -> None:
+    # No step for a second (a stuck input, a long checkpoint) and no stopped():
+    # training is not running, so waiting requests are let in, not refused.
+    pace = TrainingPace(max_wait=30)
+    steps(pace, 0.001, 32)
+    pace.rate = 1 / 16
+    pace._last_request = 1e18
+    pace.step(0.001)  # the last step
+    pace.tokens = 0.0
+    with anyio.fail_after(20):
+        assert await pace.admit()
+        assert await pace.admit()
+    assert pace.refused == 0
+    assert pace.in_flight == 2
