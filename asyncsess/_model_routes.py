@@ -15,6 +15,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -106,6 +107,8 @@ class ModelRoutes:
         try:
             api, body = await self._dispatch(request)
             response = Response(body, media_type=JSON_TYPE, headers=NO_SNIFF)
+        except ClientDisconnect:
+            raise  # nobody is left to answer; QuietDisconnects logs it at DEBUG
         except Exception as exc:  # every error gets an answer, never a 500
             response = _error_response(exc, request)
         if self.observer is not None:

@@ -514,6 +514,29 @@ class TestOverHTTP:
         assert statuses.count(200) < len(statuses) // 4  # mostly refused
         assert not [r for r in caplog.records if "Unexpected" in r.getMessage()]
 
+    async def test_a_client_leaving_mid_body_is_no_error(
+        self, half: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        from asyncsess._asgi_guard import QuietDisconnects
+
+        app = QuietDisconnects(create_model_app(half))  # as serve() runs it
+        with caplog.at_level(logging.DEBUG):
+            async with _models.over_http(app, timeout=60) as client:
+                await client.get("/v1/models/half")  # the model is loaded
+                port = int(str(client.base_url).rsplit(":", 1)[1])
+                for _ in range(3):
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                    await stream.send(
+                        b"POST /v1/models/half:predict HTTP/1.1\r\nhost: 127.0.0.1"
+                        b'\r\ncontent-length: 1000\r\n\r\n{"instances"'
+                    )
+                    await anyio.sleep(0.1)
+                    await stream.aclose()
+                await anyio.sleep(0.3)
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert "Unexpected" not in caplog.text
+        assert caplog.text.count("disconnected during POST") == 3
+
 
 SIGNATURES = [
     "serving_default",
