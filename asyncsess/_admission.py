@@ -2,13 +2,14 @@
 
 Each request handled on the loop delays the training task's next turn, and
 under a few hundred clients the loop runs a step only between long runs of
-request callbacks: training nearly stops. `TrainingPace` compares each
-training step's time with the steps no request overlapped (their lower
-quartile) and lets requests in at a rate per training step: halved on every
-step slower than *target* of that pace, raised by a quarter every 16 steps
-that keep up. Requests over the rate wait their turn in arrival order, which
-costs the loop nothing; one that waited *max_wait* seconds is answered 503
-with ``Retry-After``. With no training running nothing is limited.
+request callbacks: training nearly stops. `TrainingPace` compares the mean
+of the last training steps with the mean of steps no request overlapped and
+lets requests in at a rate per training step: halved every 8 steps while
+training runs below *target* (70%) of that pace, and at once on a step ten
+times the usual, raised by a quarter while it keeps up. Requests over the rate
+wait their turn in arrival order, which costs the loop nothing; one that waited
+*max_wait* seconds is answered 503 with ``Retry-After``. With no training
+running (no step for a second) nothing is limited.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class TrainingPace:
     """
 
     def __init__(
-        self, *, target: float = 0.6, most: int = 64, max_wait: float = 10.0
+        self, *, target: float = 0.7, most: int = 64, max_wait: float = 10.0
     ) -> None:
         if not 0 < target < 1:
             raise ValueError(f"target must be in (0, 1). Received: target={target!r}")
@@ -48,16 +49,16 @@ class TrainingPace:
         self.rate = float(most)  # requests let in per training step
         self.tokens = float(most)
         self.in_flight = 0
-        self.baseline = 0.0  # a step's seconds with no request in flight
-        self.recent = 0.0  # a step's seconds now
+        self.baseline = 0.0  # a step's mean seconds with no request in flight
         self.refused = 0
         self._steps = 0
         self._last_step = -1e9
         self._waiters: collections.deque[anyio.Event] = collections.deque()
         self._last_request = -1e9  # when a request was last let in or done
-        #: Recent steps no request overlapped: their lower quartile is the
-        #: baseline (robust to checkpoint steps and to noise).
+        #: Recent steps no request overlapped: their mean is the baseline.
         self._alone: collections.deque[float] = collections.deque(maxlen=256)
+        #: The last steps, whatever overlapped them.
+        self._recent: collections.deque[float] = collections.deque(maxlen=64)
 
     # -- the trainer's side ----------------------------------------------------------
 
@@ -67,12 +68,12 @@ class TrainingPace:
         if self._last_request < now - seconds and not self.in_flight:
             self._alone.append(seconds)  # no request touched this step
             if len(self._alone) % _ADJUST_EVERY == 0:
-                self.baseline = statistics.quantiles(self._alone, n=4)[0]
-        self.recent = _ewma(self.recent, seconds, 0.2)
+                self.baseline = statistics.fmean(self._alone)
+        self._recent.append(seconds)
         self._steps += 1
-        if self._steps % _ADJUST_EVERY == 0 or (
-            self.baseline and seconds > _STARVED * self.baseline
-        ):
+        if self.baseline and seconds > _STARVED * self.baseline:
+            self.rate = max(_LEAST_RATE, self.rate / 2)  # badly starved: at once
+        elif self._steps % _ADJUST_EVERY == 0:
             self._adjust()
         self.tokens = min(self.tokens + self.rate, max(2.0, 2 * self.rate))
         self._wake()
@@ -91,10 +92,15 @@ class TrainingPace:
             self.rate = min(float(self.most), self.rate * 1.25 + 0.25)
 
     def pace(self) -> float:
-        """Training's recent pace relative to its pace without requests (<= ~1)."""
-        if not self.recent or not self.baseline:
+        """Training's recent pace relative to its pace without requests (<= ~1).
+
+        Mean step times of both (the unoverlapped steps, the last 64), as steps
+        per second are: starving shows as a longer tail, which a median hides,
+        and the same statistic on both sides keeps an idle machine at ~1.
+        """
+        if not self.baseline or len(self._recent) < _ADJUST_EVERY:
             return 1.0
-        return self.baseline / self.recent
+        return self.baseline / statistics.fmean(self._recent)
 
     # -- the requests' side ----------------------------------------------------------
 
@@ -202,7 +208,3 @@ async def _busy(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": _BUSY_BODY})
-
-
-def _ewma(mean: float, value: float, weight: float) -> float:
-    return value if not mean else mean + weight * (value - mean)
