@@ -356,8 +356,24 @@ def _shape_of(value: Any) -> list[int]:
 def _to_array(value: Any, shape: list[int], spec: TensorSpec) -> np.ndarray:
     allowed, build = _plan(spec.dtype)
     assert build is not None  # decode_inputs checked every spec
+    if build is _build_float and len(shape) == 2 and _dense_rows(value, shape, allowed):
+        # The hot path (rows of numbers): numpy reads the rows as they are.
+        try:
+            return _float_array(value, spec)
+        except OverflowError:
+            pass  # an integer beyond float64's range: the path below names it
     leaves = _leaves(value, shape, allowed, spec)
     return build(leaves, spec).reshape(shape)
+
+
+def _dense_rows(value: list[Any], shape: list[int], allowed: frozenset[type]) -> bool:
+    """Whether *value* is ``shape[0]`` lists of ``shape[1]`` leaves of allowed types."""
+    if not set(map(type, value)) <= _LIST or not set(map(len, value)) <= {shape[1]}:
+        return False
+    kinds: set[type] = set()
+    for row in value:
+        kinds.update(map(type, row))
+    return kinds <= allowed
 
 
 def _leaves(
@@ -440,11 +456,8 @@ def _plan(
 
 
 def _build_float(leaves: list[Any], spec: TensorSpec) -> np.ndarray:
-    native = spec.dtype if spec.dtype.kind == "f" else np.dtype(np.float32)
     try:
-        # Beyond the dtype's range a value becomes +/-inf, as in TF Serving.
-        with np.errstate(over="ignore"):
-            arr = np.asarray(leaves, dtype=native)
+        return _float_array(leaves, spec)
     except OverflowError:  # an integer beyond float64's range
         for i, x in enumerate(leaves):
             try:
@@ -452,6 +465,14 @@ def _build_float(leaves: list[Any], spec: TensorSpec) -> np.ndarray:
             except OverflowError:
                 raise _Bad(_range_error(x, spec), i) from None
         raise
+
+
+def _float_array(values: list[Any], spec: TensorSpec) -> np.ndarray:
+    """*values* (leaves, or rows of them) as an array of the float *spec*."""
+    native = spec.dtype if spec.dtype.kind == "f" else np.dtype(np.float32)
+    # Beyond the dtype's range a value becomes +/-inf, as in TF Serving.
+    with np.errstate(over="ignore"):
+        arr = np.asarray(values, dtype=native)
     return arr if native is spec.dtype else arr.astype(spec.dtype)
 
 

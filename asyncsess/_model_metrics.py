@@ -48,14 +48,24 @@ class ModelMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self.registry.register(_VersionCollector(versions))
         if stats is not None:
             register_batch_metrics(self.registry, stats)
 
     def observe(self, api: str, status: int, seconds: float) -> None:
         """Count one answered request of *api*."""
-        self.requests.labels(api, str(status)).inc()
-        self.latency.labels(api).observe(seconds)
+        # The labelled children, looked up once per (api, status): labels()
+        # checks and joins its arguments under a lock on every call.
+        children = self._children.get((api, status))
+        if children is None:
+            children = self._children[api, status] = (
+                self.requests.labels(api, str(status)),
+                self.latency.labels(api),
+            )
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -39,9 +39,12 @@ from ._signature import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from starlette.requests import Request
 
-    from ._signature import ModelSource
+    from ._json_tensor import TensorSpec
+    from ._signature import ModelSource, Signature
 
 logger = logging.getLogger("asyncsess.serve")
 
@@ -92,6 +95,8 @@ class ModelRoutes:
         self.max_body_bytes = max_body_bytes
         self.observer = observer
         self._auth = ServiceConfig(logdir="", token=token or None)
+        #: Input specs by id() of their signature (kept, so the id stays its own).
+        self._specs: dict[int, tuple[Signature, Mapping[str, TensorSpec]]] = {}
 
     def routes(self) -> list[Route]:
         """The Starlette routes: every method of every ``/v1/`` path."""
@@ -106,7 +111,7 @@ class ModelRoutes:
         api = "predict" if request.method == "POST" else "status"
         try:
             api, body = await self._dispatch(request)
-            response = Response(body, media_type=JSON_TYPE, headers=NO_SNIFF)
+            response: Response = JsonAnswer(body)
         except ClientDisconnect:
             raise  # nobody is left to answer; QuietDisconnects logs it at DEBUG
         except Exception as exc:  # every error gets an answer, never a 500
@@ -118,7 +123,7 @@ class ModelRoutes:
         return response
 
     async def _dispatch(self, request: Request) -> tuple[str, bytes]:
-        method, path = request.method, request.url.path
+        method, path = request.method, _path_of(request)
         if method == "POST":
             _authorize(request, self._auth)
             match = _PREDICT_PATH.fullmatch(path)
@@ -177,9 +182,18 @@ class ModelRoutes:
         signature_name = signature_name_of(document)
         async with self._use(name, version) as served:
             signature = find_signature(served.signatures, signature_name)
-            fmt, inputs = decode_inputs(document, signature.input_specs())
+            fmt, inputs = decode_inputs(document, self._input_specs(signature))
             outputs = await served.predict(signature.name, inputs)
         return encode_outputs(outputs, fmt)
+
+    def _input_specs(self, signature: Signature) -> Mapping[str, TensorSpec]:
+        """``signature.input_specs()``, built once per signature (of any version)."""
+        cached = self._specs.get(id(signature))
+        if cached is None or cached[0] is not signature:
+            if len(self._specs) >= _SPECS_KEPT:  # versions come and go
+                self._specs.clear()
+            cached = self._specs[id(signature)] = (signature, signature.input_specs())
+        return cached[1]
 
     async def _examples(
         self, request: Request, verb: str, name: str, version: int | None
@@ -194,6 +208,45 @@ class ModelRoutes:
         if name != self.source.name:
             raise servable_not_found(name, version)
         return self.source.use(version)
+
+
+class JsonAnswer(Response):
+    """A 200 answer of JSON *body* with the REST API's headers.
+
+    The same status, body and headers as ``Response(body,
+    media_type=JSON_TYPE, headers=NO_SNIFF)``, the headers put together once
+    rather than per answer.
+    """
+
+    media_type = JSON_TYPE
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            *_ANSWER_HEADERS,
+            (b"content-length", str(len(body)).encode()),
+            _JSON_CONTENT_TYPE,
+        ]
+
+
+_ANSWER_HEADERS = [
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in NO_SNIFF.items()
+]
+_JSON_CONTENT_TYPE = (b"content-type", JSON_TYPE.encode("latin-1"))
+_SPECS_KEPT = 256
+#: Characters Starlette's ``request.url`` escapes or drops from a path.
+_URL_CHANGES = re.compile(r"[?#\\\t\r\n]")
+
+
+def _path_of(request: Request) -> str:
+    """``request.url.path``, without building the URL for a path it keeps as is."""
+    path: str = request.scope["path"]
+    if path.startswith("//") or _URL_CHANGES.search(path):
+        return request.url.path
+    return path
 
 
 def _spec(match: re.Match[str]) -> tuple[str, int | None]:

@@ -130,10 +130,10 @@ def create_model_app(
         return HTMLResponse(_page(name), headers={**NO_SNIFF, **PAGE_HEADERS})
 
     routes = [
+        *rest.routes(),  # first: the router tries routes in order, per request
         Route("/", page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
-        *rest.routes(),
     ]
     hosts = LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts
     app = Starlette(

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -178,7 +179,7 @@ class ModelVersions:
         self._current: _Version | None = None
         self._failed: dict[int, Any] = {}
         self._inflight = 0  # requests holding any version
-        self._last_request = 0.0  # when the last one ended (anyio.current_time)
+        self._last_request = 0.0  # when the last one ended (time.monotonic)
         self._closed_one: anyio.Event | None = None  # a version closed (running)
         #: Versions loaded, versions that failed to load, looks for new ones,
         #: full collections after versions closed (*freeze_gc*).
@@ -203,8 +204,7 @@ class ModelVersions:
             self._versions[n].status() for n in sorted(self._versions, reverse=True)
         ]
 
-    @asynccontextmanager
-    async def use(self, version: int | None) -> AsyncIterator[ServedVersion]:
+    def use(self, version: int | None) -> AbstractAsyncContextManager[ServedVersion]:
         """Hold *version* (None: the newest) while the block runs.
 
         Raises:
@@ -213,6 +213,9 @@ class ModelVersions:
         Cancellation: a cancelled block releases the version (a retiring one
         closes once its last block is left).
         """
+        return _Held(self, version)
+
+    def _hold(self, version: int | None) -> tuple[_Version, ServedVersion]:
         entry = self._current if version is None else self._versions.get(version)
         if entry is None or entry.state is not VersionState.AVAILABLE:
             raise servable_not_found(self._name, version)
@@ -220,15 +223,15 @@ class ModelVersions:
         assert served is not None
         entry.inflight += 1
         self._inflight += 1
-        try:
-            yield served
-        finally:
-            entry.inflight -= 1
-            self._inflight -= 1
-            if not self._inflight:
-                self._last_request = anyio.current_time()
-            if entry.inflight == 0 and entry.state is not VersionState.AVAILABLE:
-                entry.idle.set()
+        return entry, served
+
+    def _release(self, entry: _Version) -> None:
+        entry.inflight -= 1
+        self._inflight -= 1
+        if not self._inflight:
+            self._last_request = time.monotonic()
+        if entry.inflight == 0 and entry.state is not VersionState.AVAILABLE:
+            entry.idle.set()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[ModelVersions]:
@@ -401,14 +404,34 @@ class ModelVersions:
         Counted from now at the earliest: what closed a version lets go of it
         meanwhile.
         """
-        start = anyio.current_time()
+        start = time.monotonic()
         deadline = start + self.gc_wait_secs
         while True:
-            now = anyio.current_time()
+            now = time.monotonic()
             idle = 0.0 if self._inflight else now - max(start, self._last_request)
             if idle >= self.gc_quiet_secs or now >= deadline:
                 return
             await anyio.sleep(min(self.gc_quiet_secs - idle, deadline - now))
+
+
+class _Held:
+    """The block of `ModelVersions.use` (a class: cheaper than a generator's)."""
+
+    __slots__ = ("_entry", "_version", "_versions")
+
+    def __init__(self, versions: ModelVersions, version: int | None) -> None:
+        self._versions = versions
+        self._version = version
+        self._entry: _Version | None = None
+
+    async def __aenter__(self) -> ServedVersion:
+        self._entry, served = self._versions._hold(self._version)
+        return served
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._versions._release(entry)
 
 
 def _error_code(exc: BaseException) -> str:
