@@ -210,11 +210,18 @@ class WorkerThread:
             if spare is not None:
                 await spare.aclose(grace)
         # Past its last job the thread only has to return: a short join.
-        return (
+        closed = (
             exited.done
             and self.join(timeout=0.5)
             and (spare is None or not spare.is_alive())
         )
+        if closed:
+            # Nothing runs in the graph any more. Let it go: on asyncio a
+            # cancelled timer keeps its task's context (current_worker, hence
+            # this thread object) until its deadline, which would pin a closed
+            # model version's graph for up to stop_grace_period_secs.
+            self._graph = None
+        return closed
 
     def is_alive(self) -> bool:
         """Whether the thread is still running."""

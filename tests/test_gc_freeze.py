@@ -139,14 +139,8 @@ def version_number(versions: ModelVersions) -> int:
 
 #: On asyncio a cancelled timer keeps the context it was scheduled in until its
 #: deadline; a closed session's timers (``move_on_after(stop_grace_period_secs)``,
-#: 120 s) hold ``current_worker``, whose `WorkerThread` holds the graph. Fixed by
-#: `WorkerThread.aclose` dropping its graph (proposed for ``_worker.py``).
-PINNED_ON_ASYNCIO = pytest.mark.xfail(
-    strict=True, reason="asyncio timers pin the closed worker's graph (_worker.py)"
-)
-BACKENDS = pytest.mark.parametrize(
-    "anyio_backend", [pytest.param("asyncio", marks=PINNED_ON_ASYNCIO), "trio"]
-)
+#: 120 s) hold ``current_worker``: `WorkerThread.aclose` drops its graph for that.
+BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 
 
 @BACKENDS
