@@ -385,9 +385,37 @@ def parse_rows(body: bytes, input_dim: int, max_rows: int) -> np.ndarray[Any, An
         raise Refused(422, "'x' must be a non-empty list of rows.")
     if len(rows) > max_rows:
         raise Refused(422, f"'x' has {len(rows)} rows; at most {max_rows} per call.")
-    for i, row in enumerate(rows):
+    fast = _plain_rows(body, rows, input_dim)
+    if fast is not None:
+        return fast
+    for i, row in enumerate(rows):  # slow, but names what is wrong
         _check_row(i, row, input_dim)
     return np.asarray(rows, dtype=np.float32)
+
+
+def _plain_rows(
+    body: bytes, rows: list[Any], input_dim: int
+) -> np.ndarray[Any, Any] | None:
+    """The rows as float32 in one numpy pass when they are plainly valid, else None.
+
+    The per-value checks of `_check_row` cost about 1.5 ms for 1024 rows on
+    the event loop (5 demo steps). numpy reads numbers alone at C speed; a body
+    with JSON booleans or strings (which numpy would turn into numbers), or
+    whose values are ragged, non-finite or out of float32 range, takes the
+    slow path, which refuses it with the exact problem.
+    """
+    if b"true" in body or b"false" in body or body.count(b'"') > 2:
+        return None
+    try:
+        array = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if array.shape != (len(rows), input_dim) or not np.isfinite(array).all():
+        return None
+    if np.abs(array).max(initial=0.0) > _FLOAT32_MAX:
+        return None
+    plain: np.ndarray[Any, Any] = array.astype(np.float32)
+    return plain
 
 
 def numbers_per_row(inputs: Mapping[str, Any]) -> int | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -470,3 +471,30 @@ class TestLimits:
         with pytest.raises(Refused, match="more than 1024 rows") as refused:
             parse_rows(body, 4, 1024)
         assert refused.value.status == 422
+
+    @pytest.mark.parametrize(
+        ("rows", "message"),
+        [
+            ([[True, 1, 2, 3]], "x[0][0] must be a number. Received: bool"),
+            ([[1, 2, 3, "4.5"]], "x[0][3] must be a number. Received: str"),
+            ([[1, 2, 3]], "x[0] has 3 values; the model takes 4."),
+            ([[1, 2, 3, 1e39]], "x[0][3] is out of float32 range."),
+            ([[1, 2, 3, 4]] * 9 + [[1, 2, [3], 4]], "x[9][2] must be a number"),
+            ([[1, 2, 3, None]], "x[0][3] must be a number. Received: NoneType"),
+        ],
+    )
+    def test_rows_numpy_would_accept_are_still_refused(
+        self, rows: list[Any], message: str
+    ) -> None:
+        body = json.dumps({"x": rows}).encode()
+        with pytest.raises(Refused, match=re.escape(message)):
+            parse_rows(body, 4, 1024)
+
+    def test_plain_rows_read_at_once_equal_the_checked_ones(self) -> None:
+        rng = np.random.default_rng(3)
+        for n in (1, 7, 1024):
+            rows = rng.normal(size=(n, 4)).tolist()
+            rows[0][0] = 3  # an int among floats
+            got = parse_rows(json.dumps({"x": rows}).encode(), 4, 1024)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, np.asarray(rows, dtype=np.float32))
