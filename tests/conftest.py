@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -71,3 +72,20 @@ def no_thread_leaks() -> Iterator[None]:
         if t.name.startswith(("asyncsess-", "QueueRunnerThread")):
             t.join(timeout=5)
     assert asyncsess_threads() == []
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers() -> Iterator[None]:
+    """Undo what `asyncsess._cli.main` does to the loggers (its handler, levels,
+    ``propagate = False``), so a later test's caplog still sees their records."""
+    names = ("asyncsess", "asyncsess.hooks", "asyncsess.hooks.progress", "tensorflow")
+    saved = {}
+    for name in names:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.level, logger.propagate, list(logger.handlers))
+    yield
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers

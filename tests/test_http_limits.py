@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +25,8 @@ from asyncsess._http_protocol import (  # noqa: E402
     GuardedH11Protocol,
     guarded_protocol,
 )
+
+from ._serving import serve_command  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -254,29 +252,12 @@ def latest_step(logdir: Path) -> int:
 
 
 async def test_serve_on_another_loopback_address_answers_it(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.2", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "asyncsess", "serve", "--host", "127.0.0.2"]
-    command += ["--port", str(port), "--logdir", str(tmp_path / "run")]
-    command += ["--save-checkpoint-secs", "0.5"]
-    process = await anyio.open_process(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    errors: list[bytes] = []
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        errors.extend([chunk async for chunk in process.stderr])
-
-    async with process, anyio.create_task_group() as tg:
-        tg.start_soon(drain)
-        url = f"http://127.0.0.2:{port}"
-        async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
+    args = ["--logdir", str(tmp_path / "run"), "--save-checkpoint-secs", "0.5"]
+    async with serve_command(*args, host="127.0.0.2") as served:
+        async with httpx.AsyncClient(base_url=served.url, trust_env=False) as client:
             with anyio.fail_after(90):
                 while True:
-                    assert process.returncode is None, b"".join(errors).decode()
+                    assert served.process.returncode is None, served.log()
                     try:
                         answer = await client.get("/status")
                         break
@@ -287,8 +268,6 @@ async def test_serve_on_another_loopback_address_answers_it(tmp_path: Path) -> N
         with anyio.fail_after(60):
             while not await anyio.to_thread.run_sync(latest_step, tmp_path / "run"):  # noqa: ASYNC110
                 await anyio.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(60):
-            code = await process.wait()
+        code = await served.stop()
     assert answer.status_code == 200, answer.text
-    assert code == 0, b"".join(errors).decode(errors="replace")
+    assert code == 0, served.log()

@@ -5,13 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +29,7 @@ from asyncsess._signature import (  # noqa: E402
     find_signature,
 )
 from tests import _models  # noqa: E402
+from tests._serving import serve_command  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -634,44 +630,20 @@ class TestCommandLine:
         assert "neither a SavedModel" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_command_serves_until_sigterm(half: str) -> None:
-    port = _free_port()
-    env = {**os.environ, "ASYNCSESS_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "asyncsess", "serve", "--saved-model", half]
-    command += ["--port", str(port), "--batch-timeout-ms", "2"]
-    process = await anyio.open_process(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    errors: list[bytes] = []
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        errors.extend([chunk async for chunk in process.stderr])
-
-    async with process, anyio.create_task_group() as tg:
-        tg.start_soon(drain)
-        url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
-            status = await _ready(client, process)
+    args = ["--saved-model", half, "--batch-timeout-ms", "2"]
+    async with serve_command(*args, env={"ASYNCSESS_TOKEN": TOKEN}) as served:
+        async with httpx.AsyncClient(base_url=served.url, trust_env=False) as client:
+            status = await _ready(client, served.process)
             assert status == OK_STATUS
             predict = "/v1/models/half:predict"
             body = {"instances": [1.0, 2.0, 5.0]}
             assert (await client.post(predict, json=body)).status_code == 401
             response = await client.post(predict, json=body, headers=AUTH)
             assert response.json() == {"predictions": [2.5, 3.0, 4.5]}
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(60):
-            code = await process.wait()
-    log = b"".join(errors).decode(errors="replace")
-    assert code == 0, log
+        code = await served.stop()
+    assert code == 0, served.log()
 
 
 async def _ready(client: Any, process: Any) -> dict[str, Any]:

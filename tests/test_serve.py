@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +22,8 @@ uvicorn = pytest.importorskip("uvicorn", reason="needs the serve extra")
 from asyncsess import _cli  # noqa: E402
 from asyncsess._serve import bind_problem, is_loopback  # noqa: E402
 from asyncsess._serve_app import Refused, create_app, parse_rows  # noqa: E402
+
+from ._serving import serve_command  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -391,40 +390,17 @@ class TestWhoMayControlIt:
         assert "blank" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_shuts_the_command_down_gracefully(
     signum: signal.Signals, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = {**os.environ, "ASYNCSESS_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "asyncsess", "serve", "--port", str(port)]
-    command += ["--logdir", str(tmp_path / "run")]
-    process = await anyio.open_process(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    errors: list[bytes] = []
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        errors.extend([chunk async for chunk in process.stderr])
-
-    url = f"http://127.0.0.1:{port}"
-    async with process, anyio.create_task_group() as tg:
-        tg.start_soon(drain)
-        async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
-            status = await _first_steps(client, process)
-        process.send_signal(signum)
-        with anyio.fail_after(60):
-            code = await process.wait()
-    log = b"".join(errors).decode(errors="replace")
+    args = ["--logdir", str(tmp_path / "run")]
+    async with serve_command(*args, env={"ASYNCSESS_TOKEN": TOKEN}) as served:
+        async with httpx.AsyncClient(base_url=served.url, trust_env=False) as client:
+            status = await _first_steps(client, served.process)
+        code = await served.stop(signum)
+    log = served.log()
     assert code == 0, log
     assert (latest_step(tmp_path / "run") or 0) >= status["global_step"], log
 

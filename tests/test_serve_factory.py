@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,12 +31,12 @@ from asyncsess._serve_factory import (  # noqa: E402
 )
 
 from . import _factory_models  # noqa: E402
+from ._serving import serve_command  # noqa: E402
 from .test_serve import (  # noqa: E402
     AUTH,
     ROOT,
     TOKEN,
     _first_steps,
-    _free_port,
     advances,
     in_process,
     latest_step,
@@ -337,34 +336,18 @@ def _metric(text: str, name: str) -> float:
 async def test_the_command_serves_a_factory_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
-    env = {**os.environ, "ASYNCSESS_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env["FACTORY_CHECKPOINT_DIR"] = str(tmp_path / "ckpt")  # the factory's choice
-    command = [sys.executable, "-m", "asyncsess", "serve", TARGET, "--port", str(port)]
-    command += ["--logdir", str(tmp_path / "unused")]
-    process = await anyio.open_process(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    errors: list[bytes] = []
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        errors.extend([chunk async for chunk in process.stderr])
-
-    url = f"http://127.0.0.1:{port}"
-    async with process, anyio.create_task_group() as tg:
-        tg.start_soon(drain)
-        async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
-            status = await _first_steps(client, process)
+    env = {"ASYNCSESS_TOKEN": TOKEN, "FACTORY_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    args = [TARGET, "--logdir", str(tmp_path / "unused")]
+    async with serve_command(*args, env=env) as served:
+        async with httpx.AsyncClient(base_url=served.url, trust_env=False) as client:
+            status = await _first_steps(client, served.process)
             body = {"inputs": {"x": [[0.5, -1.0, 2.0]]}}
             assert (await client.post("/predict", json=body)).status_code == 401
             response = await client.post("/predict", json=body, headers=AUTH)
             assert response.status_code == 200, response.text
             assert len(response.json()["outputs"]["y"]) == 1
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(60):
-            code = await process.wait()
-    log = b"".join(errors).decode(errors="replace")
+        code = await served.stop()
+    log = served.log()
     assert code == 0, log
     assert (latest_step(tmp_path / "ckpt") or 0) >= status["global_step"], log
     assert not (tmp_path / "unused").exists()
