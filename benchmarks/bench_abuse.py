@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,9 +50,8 @@ from ._harness import load, median, percentile, row, spread
 from ._load import LoadRun, failures, fetch
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
-    from starlette.applications import Starlette
 
 NAME = "abuse"
 
@@ -384,34 +382,6 @@ async def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
 # == the server (this process) ======================================================
 
 
-@asynccontextmanager
-async def serving(app: Starlette, timeout_header: float) -> AsyncIterator[int]:
-    """Serve *app* as ``serve --timeout-header`` does, inside the block; its port."""
-    import uvicorn
-
-    from asyncsess._serve import HTTPLimits, uvicorn_config
-
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    limits = HTTPLimits(timeout_header=timeout_header)
-    config = uvicorn_config(app, "127.0.0.1", 0, limits, log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises the startup error
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.02)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 class StepLog:
     """Every training step's end and wall time (the trainer's ``_record``, wrapped)."""
 
@@ -661,14 +631,17 @@ async def _disconnects(port: int, plan: Plan, counted: LogCount) -> dict[str, An
 
 
 async def _main(plan: Plan, logdir: str) -> dict[str, Any]:
+    from asyncsess._serve import HTTPLimits
     from asyncsess._serve_app import create_app
+
+    from .bench_serving import serving
 
     app = create_app(logdir, allowed_hosts=_HOSTS)
     trainer = app.state.trainer
     steps = StepLog(trainer)
     counted = LogCount()
     got: dict[str, Any] = {"limit": trainer.config.max_body_bytes}
-    async with serving(app, plan.timeout_header) as port:
+    async with serving(app, HTTPLimits(timeout_header=plan.timeout_header)) as port:
         for name in _LOGGERS:  # after uvicorn configured its loggers
             logging.getLogger(name).addHandler(counted)
         try:
@@ -882,21 +855,14 @@ def _disconnect_row(
     )  # fmt: skip
 
 
-def _run(main: Any) -> Any:
-    """Run *main* on the loop ``serve`` uses: uvloop's when installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is part of the serve extra
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """The issue #14 targets: idle sockets, a crowd, refused bodies, disconnects."""
     plan = QUICK if quick else FULL
     before = load()
     with tempfile.TemporaryDirectory(prefix="bench_abuse_") as logdir:
-        got = _run(_main(plan, logdir))
+        from .bench_serving import run_on_serve_loop
+
+        got = run_on_serve_loop(_main(plan, logdir))
     idle, idle_load = got["idle"]
     rows = _idle_rows(idle, plan, _loads(before, idle_load))
     rows += _crowd_rows(got["crowd"], plan, _loads(idle_load, got["crowd_load"]))

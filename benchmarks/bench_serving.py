@@ -51,7 +51,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from asyncsess._model_server import create_model_app
-from asyncsess._serve import uvicorn_config
+from asyncsess._serve import HTTPLimits, uvicorn_config
 from asyncsess._serve_factory import create_factory_app
 
 from . import _mlp
@@ -103,7 +103,9 @@ FULL = Plan(rounds=5, seconds=3.0, lone_seconds=2.0, train_seconds=3.0, swap_sec
 
 
 @asynccontextmanager
-async def serving(app: Starlette) -> AsyncIterator[int]:
+async def serving(
+    app: Starlette, limits: HTTPLimits | None = None
+) -> AsyncIterator[int]:
     """Serve *app* with uvicorn on 127.0.0.1 inside the block; its port."""
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -111,7 +113,8 @@ async def serving(app: Starlette) -> AsyncIterator[int]:
     sock.bind(("127.0.0.1", 0))
     # Exactly as `python -m asyncsess serve` runs it (protocol, limits, wrapper);
     # the loop is the benchmark's own (uvloop when installed: see `_run`).
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_level="warning"))
+    config = uvicorn_config(app, "127.0.0.1", 0, limits, log_level="warning")
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -544,7 +547,7 @@ def _loads(before: tuple[float, float, float]) -> str:
     return f"{before[0]:.2f}->{load()[0]:.2f}"
 
 
-def _run(main: Any) -> Any:
+def run_on_serve_loop(main: Any) -> Any:
     """Run *main* on the loop ``serve`` uses: uvloop's when installed."""
     try:
         import uvloop
@@ -561,13 +564,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         model_dir = _mlp.export(str(tmp / "mlp" / "1"))
         costs = step_costs(model_dir)
         before = load()
-        got = _run(_http(model_dir, plan))
+        got = run_on_serve_loop(_http(model_dir, plan))
         rows = _http_rows(got, plan, costs, _loads(before))
         before = load()
-        trained = _run(_training(str(tmp / "train"), plan))
+        trained = run_on_serve_loop(_training(str(tmp / "train"), plan))
         rows.append(_training_row(trained, plan, _loads(before)))
         before = load()
-        swap = _run(_swap(model_dir, tmp, plan))
+        swap = run_on_serve_loop(_swap(model_dir, tmp, plan))
         rows.append(_swap_row(swap, plan, _loads(before)))
     return rows
 
