@@ -756,13 +756,10 @@ class MonitoredSession:
 
         Cancellation: as `run`.
         """
-        if self._state is not State.OPEN or self._recovery.broken is not None:
-            self._check_can_run()
+        self._check_unhooked()
         lock, stepper = self._lock, self._stepper
         assert lock is not None
         assert stepper is not None
-        assert self._bridge is not None
-        self._bridge.check_current()
         async with lock:
             return await self._recovery.call(
                 _STEP,

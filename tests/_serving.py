@@ -71,3 +71,33 @@ async def serve_command(
     async with process, anyio.create_task_group() as tg:
         tg.start_soon(served.drain)
         yield served
+
+
+@asynccontextmanager
+async def over_http(app: Any, **client: Any) -> AsyncIterator[Any]:
+    """Serve *app* with uvicorn on 127.0.0.1 (a free port) in this process.
+
+    Yields an ``httpx.AsyncClient`` for it; asyncio only (uvicorn's loop).
+    """
+    import httpx
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_config=None, ws="none", http="h11")
+    server = uvicorn.Server(config)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(60):
+                while not server.started:  # noqa: ASYNC110 - uvicorn has no event
+                    await anyio.sleep(0.02)
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, trust_env=False, **client) as c:
+                try:
+                    yield c
+                finally:
+                    server.should_exit = True
+    finally:
+        sock.close()

@@ -24,7 +24,7 @@ from asyncsess._asgi_guard import QuietDisconnects
 from asyncsess._gc_freeze import freeze, refreeze
 from asyncsess._model_versions import ModelVersions
 from asyncsess._saved_model import open_saved_model
-from tests import _models
+from tests import _models, _serving
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -89,7 +89,7 @@ async def test_the_serve_wrapper_freezes_after_startup(
 ) -> None:
     app = Starlette(routes=[Route("/frozen", frozen)], lifespan=lifespan)
     with caplog.at_level(logging.DEBUG, logger="asyncsess.serve"):
-        async with _models.over_http(QuietDisconnects(app)) as client:
+        async with _serving.over_http(QuietDisconnects(app)) as client:
             answer = (await client.get("/frozen")).json()
         assert app.state.frozen_at_startup == 0  # not before the startup ran
         assert answer["frozen"] > 0

@@ -28,7 +28,7 @@ from asyncsess._signature import (  # noqa: E402
     TensorInfo,
     find_signature,
 )
-from tests import _models  # noqa: E402
+from tests import _models, _serving  # noqa: E402
 from tests._serving import serve_command  # noqa: E402
 
 if TYPE_CHECKING:
@@ -463,7 +463,7 @@ class TestOverHTTP:
     """uvicorn on 127.0.0.1 and a real HTTP client."""
 
     async def test_token_rules(self, half: str) -> None:
-        async with _models.over_http(create_model_app(half, token=TOKEN)) as client:
+        async with _serving.over_http(create_model_app(half, token=TOKEN)) as client:
             url = "/v1/models/half:predict"
             body = {"instances": [1.0]}
             response = await client.post(url, json=body)
@@ -497,7 +497,7 @@ class TestOverHTTP:
 
         app = create_model_app(half, max_body_bytes=1 << 16)
         with caplog.at_level(logging.ERROR, logger="asyncsess.serve"):
-            async with _models.over_http(app, timeout=60) as client:
+            async with _serving.over_http(app, timeout=60) as client:
                 async with anyio.create_task_group() as tg:
                     for path, body in payloads:
                         tg.start_soon(send, client, path, body)
@@ -517,7 +517,7 @@ class TestOverHTTP:
 
         app = QuietDisconnects(create_model_app(half))  # as serve() runs it
         with caplog.at_level(logging.DEBUG):
-            async with _models.over_http(app, timeout=60) as client:
+            async with _serving.over_http(app, timeout=60) as client:
                 await client.get("/v1/models/half")  # the model is loaded
                 port = int(str(client.base_url).rsplit(":", 1)[1])
                 for _ in range(3):

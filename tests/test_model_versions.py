@@ -14,7 +14,7 @@ import pytest
 
 from asyncsess._model_versions import ModelVersions, fingerprint, versions_at
 from asyncsess._signature import ServingError, VersionState
-from tests import _models
+from tests import _models, _serving
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -236,7 +236,7 @@ async def test_swap_under_load_fails_no_request(
             answers.append((response.status_code, response.json()))
             after += swapped.is_set()
 
-    async with _models.over_http(app, timeout=60) as client:
+    async with _serving.over_http(app, timeout=60) as client:
         async with anyio.create_task_group() as tg:
             for _ in range(12):
                 tg.start_soon(client_loop, client)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from asyncsess import _cli  # noqa: E402
 from asyncsess._serve import bind_problem, is_loopback  # noqa: E402
 from asyncsess._serve_app import Refused, create_app, parse_rows  # noqa: E402
 
-from ._serving import serve_command  # noqa: E402
+from ._serving import over_http, serve_command  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -68,30 +67,6 @@ async def advances(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def over_http(app: Starlette) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """Serve *app* with uvicorn on 127.0.0.1 (a free port), in this process."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_config=None, ws="none", http="h11")
-    server = uvicorn.Server(config)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            with anyio.fail_after(60):
-                while not server.started:  # noqa: ASYNC110 - uvicorn has no event
-                    await anyio.sleep(0.02)
-            url = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
-                try:
-                    yield client, server
-                finally:
-                    server.should_exit = True
-    finally:
-        sock.close()
-
-
-@asynccontextmanager
 async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """Drive *app*'s lifespan directly and talk to it over ASGI (any backend)."""
     transport = httpx.ASGITransport(app=app)
@@ -108,7 +83,7 @@ class TestOverHTTP:
 
     async def test_trains_while_answering(self, tmp_path: Path) -> None:
         app = create_app(str(tmp_path), token=TOKEN, step_interval=STEP_INTERVAL)
-        async with over_http(app) as (client, _):
+        async with over_http(app) as client:
             status = await advances(client)
             assert isinstance(status["loss"], float)
             assert isinstance(status["steps_per_sec"], float)
@@ -144,7 +119,7 @@ class TestOverHTTP:
 
     async def test_stop_ends_training_with_a_checkpoint(self, tmp_path: Path) -> None:
         app = create_app(str(tmp_path), token=TOKEN, step_interval=STEP_INTERVAL)
-        async with over_http(app) as (client, _):
+        async with over_http(app) as client:
             await advances(client)
             response = await client.post("/stop", headers=AUTH)
             assert response.status_code == 202
@@ -164,7 +139,7 @@ class TestOverHTTP:
 
     async def test_shutdown_saves(self, tmp_path: Path) -> None:
         app = create_app(str(tmp_path), step_interval=STEP_INTERVAL)
-        async with over_http(app) as (client, _):
+        async with over_http(app) as client:
             await advances(client)
         # Leaving stopped uvicorn: lifespan shutdown ended training after a step.
         trainer = app.state.trainer
@@ -182,7 +157,7 @@ class TestOverHTTP:
             max_rows=8,
             max_body_bytes=LIMIT,
         )
-        async with over_http(app) as (client, _):
+        async with over_http(app) as client:
             await advances(client)
             for case in BAD_REQUESTS:
                 response = await send(client, case)

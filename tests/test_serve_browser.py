@@ -15,7 +15,8 @@ playwright_api = pytest.importorskip(
 
 from asyncsess._serve_app import create_app  # noqa: E402
 
-from .test_serve import STEP_INTERVAL, advances, over_http  # noqa: E402
+from ._serving import over_http  # noqa: E402
+from .test_serve import STEP_INTERVAL, advances  # noqa: E402
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,7 +58,7 @@ def points(chart: str, more_than: int) -> str:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # Playwright and uvicorn
 async def test_page_draws_the_live_loss_curve(tmp_path: Path) -> None:
     app = create_app(str(tmp_path), step_interval=STEP_INTERVAL)
-    async with over_http(app) as (client, _), playwright_api.async_playwright() as pw:
+    async with over_http(app) as client, playwright_api.async_playwright() as pw:
         await advances(client)
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True

@@ -31,7 +31,7 @@ from asyncsess._serve_factory import (  # noqa: E402
 )
 
 from . import _factory_models  # noqa: E402
-from ._serving import serve_command  # noqa: E402
+from ._serving import over_http, serve_command  # noqa: E402
 from .test_serve import (  # noqa: E402
     AUTH,
     ROOT,
@@ -40,7 +40,6 @@ from .test_serve import (  # noqa: E402
     advances,
     in_process,
     latest_step,
-    over_http,
     until,
 )
 
@@ -370,7 +369,7 @@ async def test_the_starlette_recipe_over_http(tmp_path: Path) -> None:
     app = example.create_app(str(tmp_path))
     rows = [[1.0, 2.0, 3.0, 4.0]] * 3
     answers: list[Any] = []
-    async with over_http(app) as (client, _):
+    async with over_http(app) as client:
 
         async def call() -> None:
             answers.append(await client.post("/predict", json={"x": rows}))
