@@ -24,6 +24,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, debug_pb2
 from tensorflow.python.platform import tf_logging
+from tensorflow.python.training import training_util
 
 import asyncsess
 from asyncsess import SessionRunArgs, SessionRunValues
@@ -55,8 +56,14 @@ def std_hook(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def gstep_and_inc(n: int = 1) -> tuple[Any, Any]:
+    """The global step and its increment, ordered after the hooks' read of it.
+
+    As TF's own tests build it (``training_util._increment_global_step``): a
+    plain ``assign_add`` is unordered with the read the hooks fetch, so which
+    value they see would be TensorFlow's scheduling (a flaky step number).
+    """
     gstep = v1.train.get_or_create_global_step()
-    return gstep, v1.assign_add(gstep, n)
+    return gstep, training_util._increment_global_step(n)
 
 
 def scalar_events(logdir: Any) -> dict[int, dict[str, float]]:
