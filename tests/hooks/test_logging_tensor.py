@@ -171,9 +171,13 @@ async def test_print_formatter(graph: tf.Graph, lines: Lines) -> None:
 
 def build() -> tuple[Any, dict[str, Any]]:
     step = v1.get_variable("n", initializer=0, trainable=False)
-    train_op = v1.assign_add(step, 1)
+    zeta = step.read_value()
+    # The increment waits for the logged read: unordered, the value logged
+    # would be TF's scheduling (either the step before or after the run).
+    with tf.control_dependencies([zeta]):
+        train_op = v1.assign_add(step, 1)
     small = tf.constant([1e-5, 1.0, 250.5], name="small")
-    return train_op, {"zeta": step, "alpha": small, "mid": "small:0"}
+    return train_op, {"zeta": zeta, "alpha": small, "mid": "small:0"}
 
 
 def run_tf(kwargs: dict[str, Any], runs: int) -> None:
