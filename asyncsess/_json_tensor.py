@@ -2,7 +2,9 @@
 
 Behaviour and error texts follow TF Serving's ``util/json_tensor.cc``: the row
 (``"instances"``) and columnar (``"inputs"``) formats, ``{"b64": ...}`` strings and
-``NaN``/``Infinity`` floats. Pure numpy and the stdlib ``json``; no TensorFlow import.
+``NaN``/``Infinity`` floats. Pure numpy and ``json``; no TensorFlow import. Bodies
+are parsed by orjson (the serve extra) when it accepts them, about 4x faster; what
+it refuses, the stdlib's parser reads or refuses with TF Serving's messages.
 The answers are written by `asyncsess._json_encode`.
 """
 
@@ -24,6 +26,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from numpy.typing import DTypeLike
+
+_fast_loads: Callable[[bytes], Any] | None
+try:  # the serve extra's fast parser; the stdlib's below decides what it refuses
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is part of the serve extra
+    _fast_loads = None
 
 Format = Literal["row", "columnar"]
 
@@ -102,12 +110,22 @@ def loads_request(body: bytes) -> dict[str, Any]:
     """Parse a request body into its top-level JSON object.
 
     ``NaN``, ``Infinity`` and ``-Infinity`` are accepted, and text after the first
-    complete JSON value is ignored, as TF Serving does.
+    complete JSON value is ignored, as TF Serving does. An integer outside
+    [-2**63, 2**64) reads as a double, as TF Serving's RapidJSON reads it, where
+    orjson parses the body (the stdlib's parser would keep it an integer).
 
     Raises:
         JsonTensorError: empty body, invalid UTF-8 or JSON, nesting deeper than
             Python's parser allows, or a document that is not an object.
     """
+    if _fast_loads is not None:
+        try:
+            doc = _fast_loads(body)
+        except ValueError:  # orjson.JSONDecodeError
+            pass  # let the stdlib's parser say why, exactly as without orjson
+        else:
+            if type(doc) is dict:
+                return doc
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
