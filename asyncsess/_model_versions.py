@@ -120,7 +120,8 @@ class ModelVersions:
 
     Use it inside `running` (an app's lifespan): entering loads the highest
     version that loads, then a background task polls every *poll_secs* for a
-    higher one (only for a base path; a SavedModel folder is served as is).
+    higher one, or for the newest one left when the serving version's folder is
+    deleted (only for a base path; a SavedModel folder is served as is).
 
     Args:
       path: A SavedModel folder, or a base path of numeric version folders.
@@ -181,6 +182,7 @@ class ModelVersions:
         self._inflight = 0  # requests holding any version
         self._last_request = 0.0  # when the last one ended (time.monotonic)
         self._closed_one: anyio.Event | None = None  # a version closed (running)
+        self._missing_logged = False  # the serving version's folder is gone
         #: Versions loaded, versions that failed to load, looks for new ones,
         #: full collections after versions closed (*freeze_gc*).
         self.loads = 0
@@ -297,12 +299,40 @@ class ModelVersions:
                 self.polls += 1
 
     async def _load_newer(self, tg: TaskGroup, found: dict[int, str]) -> None:
-        """Load the newest version in *found* above the current one that loads."""
-        newest = -1 if self._current is None else self._current.number
+        """Load the newest version in *found* that loads, if the current one is older.
+
+        Or gone: when the serving version's folder is deleted, the newest
+        version still there is loaded and swapped in (TF Serving's latest
+        policy goes back to it), the deleted one retiring only once it serves,
+        so no request fails. With no version left at all, the current one
+        keeps serving (logged once) until one appears.
+        """
+        current = self._current
+        newest = -1 if current is None else current.number
+        gone = current is not None and newest not in found
+        if gone and not found:
+            if not self._missing_logged:
+                logger.warning(
+                    "The folder of version %d of model %s is gone and no other "
+                    "version is under %s; it keeps serving until one appears",
+                    newest,
+                    self._name,
+                    self.path,
+                )
+            self._missing_logged = True
+            return
+        self._missing_logged = False
         for number in sorted(found, reverse=True):
-            if number <= newest:
+            if number <= newest and not gone:
                 return
             if await self._load(tg, number, found[number]):
+                if gone and number < newest:
+                    logger.info(
+                        "Version %d of model %s was deleted; version %d serves again",
+                        newest,
+                        self._name,
+                        number,
+                    )
                 return
 
     async def _load(self, tg: TaskGroup, number: int, path: str) -> bool:

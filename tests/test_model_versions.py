@@ -187,6 +187,47 @@ class TestVersions:
             await until(lambda: current(source) == 2)
             assert opener.closed == [1]
 
+    async def test_a_deleted_version_gives_way_to_the_newest_left(
+        self, tmp_path: Path
+    ) -> None:
+        # TF Serving's latest policy: the newest version present is aspired.
+        add_version(tmp_path, 1)
+        add_version(tmp_path, 2)
+        opener = Opener()
+        async with versions(tmp_path, opener).running() as source:
+            async with source.use(None) as held:
+                shutil.rmtree(tmp_path / "2")
+                await until(lambda: current(source) == 1)
+                # Version 1 served before version 2 retired: no gap for requests.
+                assert states(source)[2] is VersionState.UNLOADING
+                assert (await held.predict("", {}))["version"] == [2]
+                async with source.use(None) as served:
+                    assert served.version == 1
+            await until(lambda: opener.closed == [2])
+            assert states(source) == {2: VersionState.END, 1: VersionState.AVAILABLE}
+            add_version(tmp_path, 2)  # back again: it serves again
+            await until(lambda: current(source) == 2)
+            assert opener.opened == [2, 1, 2]
+
+    async def test_the_only_version_deleted_keeps_serving(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        add_version(tmp_path, 1)
+        opener = Opener()
+        async with versions(tmp_path, opener).running() as source:
+            shutil.rmtree(tmp_path / "1")
+            polls = source.polls
+            await until(lambda: source.polls > polls + 3)
+            assert current(source) == 1
+            async with source.use(None) as served:
+                assert served.version == 1
+            gone = [r for r in caplog.records if "is gone" in r.getMessage()]
+            assert len(gone) == 1  # logged once, not every poll
+            assert gone[0].levelname == "WARNING"
+            add_version(tmp_path, 3)
+            await until(lambda: current(source) == 3)
+        assert opener.opened == [1, 3]
+
     async def test_startup_skips_a_broken_newest(self, tmp_path: Path) -> None:
         add_version(tmp_path, 1)
         add_version(tmp_path, 2)
